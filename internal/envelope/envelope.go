@@ -1,0 +1,327 @@
+// Package envelope owns keyshift's ciphertext format: a self-describing,
+// authenticated header (format, keyset name, key version, seed, nonce)
+// followed by AES-256-GCM output under a per-message key derived from the
+// version's data key. See SPEC.md in this folder for the byte layout, the
+// key derivation and why it was chosen.
+//
+// The package knows nothing of KMSes or keysets: it takes a Key (a data key
+// already unwrapped) and bytes.
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"unicode/utf8"
+)
+
+// Format1 is the only ciphertext format defined so far.
+const Format1 byte = 0x01
+
+// Limits enforced when sealing and when parsing. They keep a hostile input
+// from making the parser allocate or loop without bound.
+const (
+	// MaxNameLen is the longest keyset name (a DNS-1123 label).
+	MaxNameLen = 63
+	// MaxPlaintext is the largest plaintext one message may carry (4 MiB,
+	// gRPC's default message limit).
+	MaxPlaintext = 4 << 20
+	// MaxContextPairs is the most context entries one message may bind.
+	MaxContextPairs = 64
+	// MaxContextKeyLen and MaxContextValueLen bound each context entry.
+	MaxContextKeyLen   = 256
+	MaxContextValueLen = 4096
+	// KeySize is the data key size: 256 bits.
+	KeySize = 32
+	// SeedSize is the per-message random seed that selects the derived key.
+	SeedSize = 32
+	// NonceSize is the AES-GCM nonce size.
+	NonceSize = 12
+	// TagSize is the AES-GCM tag size.
+	TagSize = 16
+	// MinCiphertextLen is the shortest possible valid ciphertext
+	// (one-byte name, empty plaintext).
+	MinCiphertextLen = 1 + 1 + 1 + 4 + SeedSize + NonceSize + TagSize
+)
+
+// Errors returned by this package. Open deliberately collapses every
+// authentication failure into ErrDecrypt: the caller learns nothing about
+// why, and the reason is for the caller's logs and metrics only.
+var (
+	// ErrMalformed: the bytes are not a well-formed keyshift ciphertext.
+	ErrMalformed = errors.New("envelope: malformed ciphertext")
+	// ErrUnsupportedFormat: the format byte names no format this build knows.
+	ErrUnsupportedFormat = errors.New("envelope: unsupported ciphertext format")
+	// ErrDecrypt: authentication failed (tampered data, wrong key or wrong context).
+	ErrDecrypt = errors.New("envelope: decryption failed")
+	// ErrBadContext: the encryption context breaks the limits.
+	ErrBadContext = errors.New("envelope: bad encryption context")
+	// ErrTooLarge: the plaintext exceeds MaxPlaintext.
+	ErrTooLarge = errors.New("envelope: plaintext too large")
+	// ErrBadKey: the key is not KeySize bytes or the name/version are invalid.
+	ErrBadKey = errors.New("envelope: bad key")
+)
+
+const (
+	prkSalt = "keyshift envelope v1 prk"
+	msgInfo = "keyshift envelope v1 message key"
+)
+
+// Key is one unwrapped data key version ready to seal and open messages. It
+// holds the HKDF pseudorandom key derived from the DEK, never the DEK
+// itself. It prints and logs as REDACTED.
+type Key struct {
+	name    string
+	version uint32
+	prk     []byte
+	macs    sync.Pool // of hash.Hash: HMAC-SHA-256 keyed with prk
+}
+
+// NewKey derives a Key for keyset name, version from a 32-byte data key.
+// The caller may wipe dek afterwards.
+func NewKey(name string, version uint32, dek []byte) (*Key, error) {
+	if len(dek) != KeySize {
+		return nil, fmt.Errorf("%w: data key is %d bytes, want %d", ErrBadKey, len(dek), KeySize)
+	}
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if version == 0 {
+		return nil, fmt.Errorf("%w: version 0 is reserved", ErrBadKey)
+	}
+	prk, err := hkdf.Extract(sha256.New, dek, []byte(prkSalt))
+	if err != nil {
+		return nil, fmt.Errorf("envelope: derive key: %w", err)
+	}
+	k := &Key{name: name, version: version, prk: prk}
+	k.macs.New = func() any { return hmac.New(sha256.New, k.prk) }
+	return k, nil
+}
+
+// Name is the keyset name this key seals under.
+func (k *Key) Name() string { return k.name }
+
+// Version is the key version this key seals under.
+func (k *Key) Version() uint32 { return k.version }
+
+// String never shows key material.
+func (k *Key) String() string { return fmt.Sprintf("envelope.Key{%s v%d REDACTED}", k.name, k.version) }
+
+// LogValue never shows key material.
+func (k *Key) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("keyset", k.name), slog.Any("version", k.version), slog.String("key", "REDACTED"))
+}
+
+// ValidateName checks a keyset name: 1..63 bytes of [a-z0-9-], starting and
+// ending with an alphanumeric (a DNS-1123 label, so it can name a Secret).
+func ValidateName(name string) error {
+	if len(name) == 0 || len(name) > MaxNameLen {
+		return fmt.Errorf("%w: keyset name must be 1..%d characters, got %d", ErrBadKey, MaxNameLen, len(name))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		alnum := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+		if !alnum && (c != '-' || i == 0 || i == len(name)-1) {
+			return fmt.Errorf("%w: keyset name %q must be lowercase letters, digits and inner '-' (a DNS-1123 label)", ErrBadKey, name)
+		}
+	}
+	return nil
+}
+
+// Header is the authenticated, cleartext part of a ciphertext.
+type Header struct {
+	Format  byte
+	Keyset  string
+	Version uint32
+	Seed    [SeedSize]byte
+	Nonce   [NonceSize]byte
+}
+
+// Parse reads the header of ciphertext without decrypting. It checks every
+// length against the limits and never allocates more than the input size.
+// It returns the header and the offset where the AEAD output starts.
+func Parse(ciphertext []byte) (Header, int, error) {
+	var h Header
+	if len(ciphertext) < 1 {
+		return h, 0, fmt.Errorf("%w: empty", ErrMalformed)
+	}
+	h.Format = ciphertext[0]
+	if h.Format != Format1 {
+		return h, 0, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, h.Format)
+	}
+	if len(ciphertext) < MinCiphertextLen {
+		return h, 0, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrMalformed, len(ciphertext), MinCiphertextLen)
+	}
+	if len(ciphertext) > MaxCiphertextLen(MaxNameLen) {
+		return h, 0, fmt.Errorf("%w: %d bytes exceeds the maximum", ErrMalformed, len(ciphertext))
+	}
+	n := int(ciphertext[1])
+	if n == 0 || n > MaxNameLen {
+		return h, 0, fmt.Errorf("%w: keyset name length %d", ErrMalformed, n)
+	}
+	off := 2
+	if len(ciphertext) < off+n+4+SeedSize+NonceSize+TagSize {
+		return h, 0, fmt.Errorf("%w: truncated", ErrMalformed)
+	}
+	name := string(ciphertext[off : off+n])
+	if err := ValidateName(name); err != nil {
+		return h, 0, fmt.Errorf("%w: invalid keyset name", ErrMalformed)
+	}
+	h.Keyset = name
+	off += n
+	h.Version = binary.BigEndian.Uint32(ciphertext[off:])
+	if h.Version == 0 {
+		return h, 0, fmt.Errorf("%w: key version 0", ErrMalformed)
+	}
+	off += 4
+	copy(h.Seed[:], ciphertext[off:])
+	off += SeedSize
+	copy(h.Nonce[:], ciphertext[off:])
+	off += NonceSize
+	return h, off, nil
+}
+
+// MaxCiphertextLen is the largest ciphertext for a keyset name of nameLen bytes.
+func MaxCiphertextLen(nameLen int) int {
+	return 1 + 1 + nameLen + 4 + SeedSize + NonceSize + MaxPlaintext + TagSize
+}
+
+// Overhead is the number of bytes a ciphertext adds to its plaintext for a
+// keyset name of nameLen bytes.
+func Overhead(nameLen int) int { return 1 + 1 + nameLen + 4 + SeedSize + NonceSize + TagSize }
+
+// Seal encrypts plaintext under k, binding the header and the canonical form
+// of context as associated data. rand supplies the seed and nonce
+// (crypto/rand.Reader in production; fixed bytes only for test vectors).
+func Seal(k *Key, plaintext []byte, context map[string]string, rand io.Reader) ([]byte, error) {
+	if len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrTooLarge, len(plaintext), MaxPlaintext)
+	}
+	hlen := Overhead(len(k.name)) - TagSize
+	out := make([]byte, hlen, hlen+len(plaintext)+TagSize)
+	out[0] = Format1
+	out[1] = byte(len(k.name))
+	off := 2 + copy(out[2:], k.name)
+	binary.BigEndian.PutUint32(out[off:], k.version)
+	off += 4
+	if _, err := io.ReadFull(rand, out[off:off+SeedSize+NonceSize]); err != nil {
+		return nil, fmt.Errorf("envelope: read random: %w", err)
+	}
+	seed := out[off : off+SeedSize]
+	nonce := out[off+SeedSize : off+SeedSize+NonceSize]
+	aead, err := k.messageAEAD(seed)
+	if err != nil {
+		return nil, err
+	}
+	ad, err := associatedData(out[:hlen], context)
+	if err != nil {
+		return nil, err
+	}
+	return aead.Seal(out, nonce, plaintext, ad), nil
+}
+
+// Open decrypts ciphertext with k. The ciphertext's keyset and version must
+// be k's: look the key up with Parse first. Every authentication failure
+// returns ErrDecrypt.
+func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) {
+	h, off, err := Parse(ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	if h.Keyset != k.name || h.Version != k.version {
+		return nil, fmt.Errorf("%w: ciphertext is for %s v%d, key is %s v%d", ErrBadKey, h.Keyset, h.Version, k.name, k.version)
+	}
+	aead, err := k.messageAEAD(h.Seed[:])
+	if err != nil {
+		return nil, err
+	}
+	ad, err := associatedData(ciphertext[:off], context)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := aead.Open(nil, h.Nonce[:], ciphertext[off:], ad)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return pt, nil
+}
+
+// messageAEAD derives the message key for seed. HKDF-Expand with a 32-byte
+// output is a single HMAC block, T(1) = HMAC(PRK, info || 0x01); it is
+// computed here with a pooled HMAC to keep the hot path free of
+// per-message allocations (TestMessageKeyIsHKDF checks it against
+// crypto/hkdf).
+func (k *Key) messageAEAD(seed []byte) (cipher.AEAD, error) {
+	mac := k.macs.Get().(hash.Hash)
+	mac.Reset()
+	mac.Write([]byte(msgInfo))
+	mac.Write(seed)
+	mac.Write([]byte{1})
+	var buf [sha256.Size]byte
+	mk := mac.Sum(buf[:0])
+	k.macs.Put(mac)
+	block, err := aes.NewCipher(mk)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	return cipher.NewGCM(block)
+}
+
+// associatedData is header || CanonicalContext(context).
+func associatedData(header []byte, context map[string]string) ([]byte, error) {
+	return appendCanonicalContext(append(make([]byte, 0, len(header)+64), header...), context)
+}
+
+// CanonicalContext encodes context as bound into the associated data: a
+// 2-byte big-endian count, then for each entry in byte-wise sorted key
+// order a 2-byte key length, the key, a 2-byte value length, the value.
+// Keys must be non-empty; keys and values must be valid UTF-8 within the
+// limits. An empty or nil map encodes as the two bytes 0x00 0x00.
+func CanonicalContext(context map[string]string) ([]byte, error) {
+	return appendCanonicalContext(nil, context)
+}
+
+func appendCanonicalContext(out []byte, context map[string]string) ([]byte, error) {
+	if len(context) > MaxContextPairs {
+		return nil, fmt.Errorf("%w: %d entries exceeds %d", ErrBadContext, len(context), MaxContextPairs)
+	}
+	var keyBuf [8]string
+	keys := keyBuf[:0]
+	size := 2
+	for k, v := range context {
+		switch {
+		case k == "":
+			return nil, fmt.Errorf("%w: empty key", ErrBadContext)
+		case len(k) > MaxContextKeyLen:
+			return nil, fmt.Errorf("%w: key of %d bytes exceeds %d", ErrBadContext, len(k), MaxContextKeyLen)
+		case len(v) > MaxContextValueLen:
+			return nil, fmt.Errorf("%w: value for key %q of %d bytes exceeds %d", ErrBadContext, k, len(v), MaxContextValueLen)
+		case !utf8.ValidString(k) || !utf8.ValidString(v):
+			return nil, fmt.Errorf("%w: keys and values must be UTF-8", ErrBadContext)
+		}
+		keys = append(keys, k)
+		size += 4 + len(k) + len(v)
+	}
+	sort.Strings(keys)
+	out = slices.Grow(out, size)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(keys)))
+	for _, k := range keys {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(k)))
+		out = append(out, k...)
+		v := context[k]
+		out = binary.BigEndian.AppendUint16(out, uint16(len(v)))
+		out = append(out, v...)
+	}
+	return out, nil
+}

@@ -1,0 +1,389 @@
+// Package keyset owns the keyset document: a named, versioned list of data
+// keys, each stored only wrapped by a KMS key, with a one-way lifecycle
+// (pending → primary → decrypt-only → disabled → destroyed). It validates
+// documents and performs state transitions as pure functions on copies; it
+// never sees a plaintext key.
+package keyset
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/envelope"
+)
+
+// State is where a version is in its lifecycle.
+type State string
+
+// The lifecycle states, in the only order a version moves through them.
+const (
+	// StatePending: distributed to every reader, decrypts, never encrypts.
+	StatePending State = "pending"
+	// StatePrimary: the one version that encrypts. Exactly one per keyset.
+	StatePrimary State = "primary"
+	// StateDecryptOnly: a former primary kept to read old data.
+	StateDecryptOnly State = "decrypt-only"
+	// StateDisabled: kept in the document but loaded by nobody.
+	StateDisabled State = "disabled"
+	// StateDestroyed: the wrapped key is gone; the number stays reserved.
+	StateDestroyed State = "destroyed"
+)
+
+// Rank orders states along the lifecycle: pending 0 … destroyed 4, and -1
+// for an unknown state. A version's rank never decreases.
+func (s State) Rank() int {
+	switch s {
+	case StatePending:
+		return 0
+	case StatePrimary:
+		return 1
+	case StateDecryptOnly:
+		return 2
+	case StateDisabled:
+		return 3
+	case StateDestroyed:
+		return 4
+	}
+	return -1
+}
+
+// Readable reports whether a version in state s is loaded to decrypt.
+func (s State) Readable() bool {
+	return s == StatePending || s == StatePrimary || s == StateDecryptOnly
+}
+
+// Limits on a document.
+const (
+	// MaxDocumentSize bounds a keyset file: 1 MiB, a Secret's limit.
+	MaxDocumentSize = 1 << 20
+	// MaxVersions bounds how many versions (destroyed ones included) a keyset holds.
+	MaxVersions = 1000
+	// MaxWrappedKeySize bounds one wrapped key.
+	MaxWrappedKeySize = 8192
+)
+
+// Errors. Each is wrapped with the detail that names the offending field.
+var (
+	// ErrInvalid: the document breaks a rule (the message says which).
+	ErrInvalid = errors.New("keyset: invalid document")
+	// ErrTransition: the requested state change is not allowed.
+	ErrTransition = errors.New("keyset: transition not allowed")
+	// ErrUnknownVersion: no such version in the keyset.
+	ErrUnknownVersion = errors.New("keyset: unknown version")
+)
+
+// Keyset is the document. It may live in a Secret, a ConfigMap or a file in
+// git: it holds wrapped keys only.
+type Keyset struct {
+	// Name is a DNS-1123 label; it is written into every ciphertext.
+	Name string `json:"name"`
+	// KMS is the URI of the KEK that wraps every version (local:///path, aws-kms://...).
+	KMS string `json:"kms"`
+	// Versions are sorted by number, ascending; numbers are never reused.
+	Versions []Version `json:"versions"`
+}
+
+// Version is one data key version.
+type Version struct {
+	// Version is the number written into ciphertexts, 1 or more.
+	Version uint32 `json:"version"`
+	// State is the lifecycle state.
+	State State `json:"state"`
+	// WrappedKey is the DEK wrapped by the KMS; empty once destroyed.
+	WrappedKey []byte `json:"wrappedKey,omitempty"`
+	// KEKVersion is the KMS key version that wrapped WrappedKey.
+	KEKVersion string `json:"kekVersion,omitempty"`
+	// CreatedAt is when the version was generated.
+	CreatedAt time.Time `json:"createdAt"`
+	// PromotedAt is when the version became primary, if it has.
+	PromotedAt *time.Time `json:"promotedAt,omitempty"`
+	// StateChangedAt is when State last changed.
+	StateChangedAt time.Time `json:"stateChangedAt"`
+}
+
+// String shows the version's number and state, never key bytes.
+func (v Version) String() string {
+	return fmt.Sprintf("v%d(%s, kek %s)", v.Version, v.State, v.KEKVersion)
+}
+
+// WrapAAD is the associated data a version's DEK is wrapped with, so a
+// wrapped key cannot be moved to another keyset or version.
+func WrapAAD(name string, version uint32) []byte {
+	return []byte("keyshift keyset " + name + " v" + strconv.FormatUint(uint64(version), 10))
+}
+
+// Parse decodes and validates a document. Unknown fields are refused so a
+// typo never silently drops a setting.
+func Parse(data []byte) (*Keyset, error) {
+	if len(data) > MaxDocumentSize {
+		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrInvalid, len(data), MaxDocumentSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var ks Keyset
+	if err := dec.Decode(&ks); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the document", ErrInvalid)
+	}
+	if err := ks.Validate(); err != nil {
+		return nil, err
+	}
+	return &ks, nil
+}
+
+// Validate checks every rule of the document.
+func (ks *Keyset) Validate() error {
+	if err := envelope.ValidateName(ks.Name); err != nil {
+		return fmt.Errorf("%w: name: %v", ErrInvalid, err)
+	}
+	if ks.KMS == "" {
+		return fmt.Errorf("%w: %s: kms is empty (write a KMS URI such as local:///path/to/kek)", ErrInvalid, ks.Name)
+	}
+	if len(ks.Versions) == 0 {
+		return fmt.Errorf("%w: %s: no versions", ErrInvalid, ks.Name)
+	}
+	if len(ks.Versions) > MaxVersions {
+		return fmt.Errorf("%w: %s: %d versions exceeds %d", ErrInvalid, ks.Name, len(ks.Versions), MaxVersions)
+	}
+	primaries := 0
+	var prev uint32
+	for i, v := range ks.Versions {
+		where := fmt.Sprintf("%s: versions[%d] (v%d)", ks.Name, i, v.Version)
+		switch {
+		case v.Version == 0:
+			return fmt.Errorf("%w: %s: version numbers start at 1", ErrInvalid, where)
+		case i > 0 && v.Version <= prev:
+			return fmt.Errorf("%w: %s: versions must be unique and ascending (follows v%d)", ErrInvalid, where, prev)
+		case v.State.Rank() < 0:
+			return fmt.Errorf("%w: %s: unknown state %q (one of pending, primary, decrypt-only, disabled, destroyed)", ErrInvalid, where, v.State)
+		case v.State == StateDestroyed && len(v.WrappedKey) != 0:
+			return fmt.Errorf("%w: %s: a destroyed version must not keep its wrapped key", ErrInvalid, where)
+		case v.State != StateDestroyed && len(v.WrappedKey) == 0:
+			return fmt.Errorf("%w: %s: wrappedKey is empty", ErrInvalid, where)
+		case len(v.WrappedKey) > MaxWrappedKeySize:
+			return fmt.Errorf("%w: %s: wrappedKey of %d bytes exceeds %d", ErrInvalid, where, len(v.WrappedKey), MaxWrappedKeySize)
+		case v.CreatedAt.IsZero():
+			return fmt.Errorf("%w: %s: createdAt is missing", ErrInvalid, where)
+		}
+		if v.State == StatePrimary {
+			primaries++
+		}
+		prev = v.Version
+	}
+	if primaries != 1 {
+		return fmt.Errorf("%w: %s: %d primary versions, want exactly 1", ErrInvalid, ks.Name, primaries)
+	}
+	return nil
+}
+
+// Marshal validates and encodes the document as indented JSON.
+func (ks *Keyset) Marshal() ([]byte, error) {
+	if err := ks.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(ks, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("keyset: encode: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// Clone returns a deep copy.
+func (ks *Keyset) Clone() *Keyset {
+	c := *ks
+	c.Versions = make([]Version, len(ks.Versions))
+	for i, v := range ks.Versions {
+		v.WrappedKey = slices.Clone(v.WrappedKey)
+		if v.PromotedAt != nil {
+			t := *v.PromotedAt
+			v.PromotedAt = &t
+		}
+		c.Versions[i] = v
+	}
+	return &c
+}
+
+// Primary returns the primary version.
+func (ks *Keyset) Primary() Version {
+	for _, v := range ks.Versions {
+		if v.State == StatePrimary {
+			return v
+		}
+	}
+	return Version{}
+}
+
+// Latest is the highest version number ever used.
+func (ks *Keyset) Latest() uint32 {
+	if len(ks.Versions) == 0 {
+		return 0
+	}
+	return ks.Versions[len(ks.Versions)-1].Version
+}
+
+// Get returns version n.
+func (ks *Keyset) Get(n uint32) (Version, error) {
+	for _, v := range ks.Versions {
+		if v.Version == n {
+			return v, nil
+		}
+	}
+	return Version{}, fmt.Errorf("%w: %s has no v%d", ErrUnknownVersion, ks.Name, n)
+}
+
+// New makes a keyset whose version 1 is primary.
+func New(name, kmsURI string, wrapped []byte, kekVersion string, now time.Time) (*Keyset, error) {
+	now = now.UTC()
+	ks := &Keyset{Name: name, KMS: kmsURI, Versions: []Version{{
+		Version: 1, State: StatePrimary, WrappedKey: wrapped, KEKVersion: kekVersion,
+		CreatedAt: now, PromotedAt: &now, StateChangedAt: now,
+	}}}
+	if err := ks.Validate(); err != nil {
+		return nil, err
+	}
+	return ks, nil
+}
+
+// NextVersion is the number the next added version gets.
+func (ks *Keyset) NextVersion() uint32 { return ks.Latest() + 1 }
+
+// AddPending returns a copy with a new pending version numbered
+// NextVersion(). Wrap its DEK with WrapAAD(ks.Name, ks.NextVersion()).
+func (ks *Keyset) AddPending(wrapped []byte, kekVersion string, now time.Time) (*Keyset, error) {
+	if len(ks.Versions) >= MaxVersions {
+		return nil, fmt.Errorf("%w: %s already has %d versions; destroy and compact old ones first", ErrTransition, ks.Name, len(ks.Versions))
+	}
+	now = now.UTC()
+	c := ks.Clone()
+	c.Versions = append(c.Versions, Version{
+		Version: ks.NextVersion(), State: StatePending, WrappedKey: slices.Clone(wrapped),
+		KEKVersion: kekVersion, CreatedAt: now, StateChangedAt: now,
+	})
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Promote returns a copy where pending version n is primary and the former
+// primary is decrypt-only.
+func (ks *Keyset) Promote(n uint32, now time.Time) (*Keyset, error) {
+	v, err := ks.Get(n)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != StatePending {
+		return nil, fmt.Errorf("%w: %s v%d is %s; only a pending version can be promoted (rotate to add one)", ErrTransition, ks.Name, n, v.State)
+	}
+	now = now.UTC()
+	c := ks.Clone()
+	for i := range c.Versions {
+		switch c.Versions[i].Version {
+		case n:
+			c.Versions[i].State = StatePrimary
+			c.Versions[i].PromotedAt = &now
+			c.Versions[i].StateChangedAt = now
+		default:
+			if c.Versions[i].State == StatePrimary {
+				c.Versions[i].State = StateDecryptOnly
+				c.Versions[i].StateChangedAt = now
+			}
+		}
+	}
+	return c, c.Validate()
+}
+
+// Retire returns a copy where version n has moved one step further:
+// decrypt-only or pending → disabled, disabled → destroyed (its wrapped key
+// is dropped). The primary cannot be retired: promote another version first.
+func (ks *Keyset) Retire(n uint32, now time.Time) (*Keyset, error) {
+	v, err := ks.Get(n)
+	if err != nil {
+		return nil, err
+	}
+	var next State
+	switch v.State {
+	case StatePending, StateDecryptOnly:
+		next = StateDisabled
+	case StateDisabled:
+		next = StateDestroyed
+	case StatePrimary:
+		return nil, fmt.Errorf("%w: %s v%d is the primary; promote another version before retiring it", ErrTransition, ks.Name, n)
+	default:
+		return nil, fmt.Errorf("%w: %s v%d is already %s", ErrTransition, ks.Name, n, v.State)
+	}
+	now = now.UTC()
+	c := ks.Clone()
+	for i := range c.Versions {
+		if c.Versions[i].Version == n {
+			c.Versions[i].State = next
+			c.Versions[i].StateChangedAt = now
+			if next == StateDestroyed {
+				c.Versions[i].WrappedKey = nil
+			}
+		}
+	}
+	return c, c.Validate()
+}
+
+// ReadFile reads and validates a keyset file.
+func ReadFile(path string) (*Keyset, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("keyset: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxDocumentSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("keyset: read %s: %w", path, err)
+	}
+	ks, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ks, nil
+}
+
+// WriteFile validates ks and replaces path atomically (write a temporary
+// file in the same directory, fsync, rename), so a watcher never reads half
+// a document.
+func WriteFile(path string, ks *Keyset) error {
+	b, err := ks.Marshal()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("keyset: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keyset: write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keyset: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keyset: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("keyset: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("keyset: %w", err)
+	}
+	return nil
+}

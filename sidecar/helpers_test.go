@@ -1,0 +1,235 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/kms/local"
+	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/sidecar/client"
+)
+
+// syncBuffer collects log output from concurrent goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// env is one real sidecar on a real Unix socket with a local KMS and keyset
+// files in a temporary directory.
+type env struct {
+	t       testing.TB
+	dir     string
+	kekPath string
+	kms     *local.KMS
+	files   map[string]string
+	srv     *Server
+	cfg     Config
+	logs    *syncBuffer
+	client  *client.Client
+	cancel  context.CancelFunc
+}
+
+type envOpt func(*env)
+
+func withAllowed(uids []uint32) envOpt { return func(e *env) { e.cfg.AllowedUIDs = uids } }
+func withKeysets(names ...string) envOpt {
+	return func(e *env) {
+		e.files = map[string]string{}
+		for _, n := range names {
+			e.files[n] = filepath.Join(e.dir, n+".json")
+		}
+	}
+}
+func withoutWait() envOpt { return func(e *env) { e.cfg.Resync = -1 } }
+
+// newEnv creates keysets (v1 primary) and starts a sidecar on them.
+func newEnv(t testing.TB, opts ...envOpt) *env {
+	t.Helper()
+	// A short directory: socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "ks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e := &env{t: t, dir: dir, kekPath: filepath.Join(dir, "kek.json"), logs: &syncBuffer{}}
+	e.kms = local.New(e.kekPath)
+	e.files = map[string]string{"payments": filepath.Join(dir, "payments.json")}
+	e.cfg = Config{
+		Socket:      filepath.Join(dir, "ks.sock"),
+		MetricsAddr: "127.0.0.1:0",
+		KMS:         kms.Registry{local.Scheme: local.Open},
+		Logger:      slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Resync:      time.Hour,
+	}
+	wait := true
+	for _, o := range opts {
+		o(e)
+	}
+	if e.cfg.Resync < 0 {
+		wait, e.cfg.Resync = false, time.Hour
+	}
+	e.cfg.Keysets = map[string]string{}
+	for name, path := range e.files {
+		ks, err := rotation.Create(context.Background(), e.kms, name, "local://"+e.kekPath, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := keyset.WriteFile(path, ks); err != nil {
+			t.Fatal(err)
+		}
+		e.cfg.Keysets[name] = path
+	}
+	e.start()
+	if wait {
+		e.waitReady()
+	}
+	return e
+}
+
+func (e *env) start() {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := Start(ctx, e.cfg)
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	e.srv, e.cancel = srv, cancel
+	var opts []client.Option
+	if len(e.files) == 1 {
+		for n := range e.files {
+			opts = append(opts, client.WithKeyset(n))
+		}
+	}
+	c, err := client.Dial(e.cfg.Socket, opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.client = c
+	e.t.Cleanup(e.stop)
+}
+
+func (e *env) stop() {
+	if e.cancel == nil {
+		return
+	}
+	e.client.Close()
+	e.cancel()
+	if err := e.srv.Wait(); err != nil {
+		e.t.Errorf("server: %v", err)
+	}
+	e.cancel = nil
+}
+
+func (e *env) waitReady() {
+	e.t.Helper()
+	select {
+	case <-e.srv.Ready():
+	case <-time.After(10 * time.Second):
+		e.t.Fatalf("sidecar not ready after 10s; logs:\n%s", e.logs.String())
+	}
+}
+
+// keyset reads the current document of name.
+func (e *env) keyset(name string) *keyset.Keyset {
+	e.t.Helper()
+	ks, err := keyset.ReadFile(e.files[name])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return ks
+}
+
+func (e *env) write(name string, ks *keyset.Keyset) {
+	e.t.Helper()
+	if err := keyset.WriteFile(e.files[name], ks); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// rotate adds a pending version to the file, waits until the sidecar has
+// it, then promotes it and waits again.
+func (e *env) rotate(name string) uint32 {
+	e.t.Helper()
+	ks, err := rotation.AddVersion(context.Background(), e.kms, e.keyset(name), time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := ks.Latest()
+	e.write(name, ks)
+	e.waitFor(func(st KeysetStatus) bool { return hasVersion(st, n, "pending") })
+	ks, err = ks.Promote(n, time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.write(name, ks)
+	e.waitFor(func(st KeysetStatus) bool { return st.Primary == n })
+	return n
+}
+
+func hasVersion(st KeysetStatus, n uint32, state string) bool {
+	for _, v := range st.Versions {
+		if v.Version == n && v.State == state {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor polls the service's status until cond holds for some keyset.
+func (e *env) waitFor(cond func(KeysetStatus) bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		_, sets := e.srv.Service().Status(e.srv.lastError)
+		for _, s := range sets {
+			if cond(s) {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, sets := e.srv.Service().Status(e.srv.lastError)
+	e.t.Fatalf("condition not reached in 10s; status %+v\nlogs:\n%s", sets, e.logs.String())
+}
+
+// httpClient speaks HTTP/1.1 over the sidecar socket, as curl --unix-socket does.
+func (e *env) httpClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", e.cfg.Socket)
+	}}, Timeout: 10 * time.Second}
+}
+
+// metricsURL is the ops listener's base URL.
+func (e *env) metricsURL() string {
+	return fmt.Sprintf("http://%s", e.srv.OpsAddr())
+}
+
+func kmsWrapped(v keyset.Version) kms.WrappedKey {
+	return kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}
+}

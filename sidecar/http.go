@@ -1,0 +1,123 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
+)
+
+// MaxHTTPBody bounds an HTTP/JSON request: a 4 MiB plaintext is about
+// 5.4 MiB in base64.
+const MaxHTTPBody = 8 << 20
+
+type peerKey struct{}
+
+// httpAPI serves the Crypto API as HTTP/JSON on the Unix socket, for curl
+// and languages without gRPC. Bodies are the protobuf messages in their
+// canonical JSON form (bytes as base64). Errors are
+// {"code": "InvalidArgument", "message": "..."} with a matching HTTP status.
+func httpAPI(api *grpcAPI, allow uidAllowlist, m *Metrics) http.Handler {
+	mux := http.NewServeMux()
+	handle := func(path string, newReq func() proto.Message, call func(context.Context, proto.Message) (proto.Message, error)) {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			req := newReq()
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxHTTPBody))
+			if err != nil {
+				writeHTTPError(w, status.New(codes.InvalidArgument, "request body too large or unreadable"))
+				return
+			}
+			if err := (protojson.UnmarshalOptions{}).Unmarshal(body, req); err != nil {
+				writeHTTPError(w, status.New(codes.InvalidArgument, "request is not valid JSON for "+path+": "+err.Error()))
+				return
+			}
+			resp, err := call(r.Context(), req)
+			if err != nil {
+				writeHTTPError(w, status.Convert(err))
+				return
+			}
+			writeJSON(w, http.StatusOK, resp)
+		})
+	}
+	handle("/v1/encrypt", func() proto.Message { return &v1.EncryptRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.Encrypt(ctx, m.(*v1.EncryptRequest))
+		})
+	handle("/v1/decrypt", func() proto.Message { return &v1.DecryptRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.Decrypt(ctx, m.(*v1.DecryptRequest))
+		})
+	handle("/v1/rewrap", func() proto.Message { return &v1.RewrapRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.Rewrap(ctx, m.(*v1.RewrapRequest))
+		})
+	handle("/v1/batch/encrypt", func() proto.Message { return &v1.EncryptBatchRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.EncryptBatch(ctx, m.(*v1.EncryptBatchRequest))
+		})
+	handle("/v1/batch/decrypt", func() proto.Message { return &v1.DecryptBatchRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.DecryptBatch(ctx, m.(*v1.DecryptBatchRequest))
+		})
+	handle("/v1/batch/rewrap", func() proto.Message { return &v1.RewrapBatchRequest{} },
+		func(ctx context.Context, m proto.Message) (proto.Message, error) {
+			return api.RewrapBatch(ctx, m.(*v1.RewrapBatchRequest))
+		})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, statusResponse(api.svc, api.lastErr))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeHTTPError(w, status.New(codes.NotFound, "no such endpoint: "+r.Method+" "+r.URL.Path+" (see POST /v1/encrypt, /v1/decrypt, /v1/rewrap, /v1/batch/{encrypt,decrypt,rewrap}, GET /v1/status)"))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cred, _ := r.Context().Value(peerKey{}).(PeerCred)
+		if allow != nil && !allow.allows(cred.UID) {
+			m.peerRejected("http")
+			writeHTTPError(w, status.New(codes.PermissionDenied, deniedMessage(cred.UID)))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// httpConnContext puts the connection's peer credentials into each
+// request's context.
+func httpConnContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*peerConn); ok {
+		return context.WithValue(ctx, peerKey{}, pc.cred)
+	}
+	return ctx
+}
+
+func writeJSON(w http.ResponseWriter, code int, m proto.Message) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		writeHTTPError(w, status.New(codes.Internal, "encoding response failed"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeHTTPError(w http.ResponseWriter, st *status.Status) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus(st.Code()))
+	b, _ := json.Marshal(httpError{Code: st.Code().String(), Message: st.Message()})
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// httpError is the body of every HTTP/JSON error: the gRPC code name
+// ("InvalidArgument", "NotFound", ...) and its message.
+type httpError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

@@ -1,0 +1,211 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/envelope"
+	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms"
+)
+
+// Keyring is an immutable snapshot of every loaded keyset. It is built
+// whole, validated, then swapped in with one atomic store: readers never
+// lock and never see half a rotation.
+type Keyring struct {
+	sets map[string]*ringSet
+}
+
+// ringSet is one keyset's loaded versions.
+type ringSet struct {
+	doc      *keyset.Keyset
+	primary  *envelope.Key
+	keys     map[uint32]*envelope.Key
+	wrapped  map[uint32][]byte // the wrapped key each entry of keys came from
+	source   string
+	loadedAt time.Time
+}
+
+// ErrKeysetRejected: a new document was refused; the running keyring is kept.
+var ErrKeysetRejected = errors.New("sidecar: keyset document rejected")
+
+func (r *Keyring) set(name string) (*ringSet, bool) {
+	if r == nil {
+		return nil, false
+	}
+	s, ok := r.sets[name]
+	return s, ok
+}
+
+// holder owns the current Keyring. Writers serialise on mu; readers load
+// the pointer without locking.
+type holder struct {
+	cur atomic.Pointer[Keyring]
+	mu  sync.Mutex
+}
+
+func (h *holder) load() *Keyring { return h.cur.Load() }
+
+// replace swaps in a keyring where keyset name is s.
+func (h *holder) replace(name string, s *ringSet) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	next := &Keyring{sets: map[string]*ringSet{}}
+	if old := h.cur.Load(); old != nil {
+		maps.Copy(next.sets, old.sets)
+	}
+	next.sets[name] = s
+	h.cur.Store(next)
+}
+
+// loader turns keyset documents into ringSets: it unwraps new versions
+// through the KMS, checks that version numbers were not reused and that
+// nothing went backwards, and self-tests every key before use.
+type loader struct {
+	kms      kms.Registry
+	mu       sync.Mutex
+	wrappers map[string]kms.Wrapper
+	timeout  time.Duration
+}
+
+func newLoader(reg kms.Registry, timeout time.Duration) *loader {
+	return &loader{kms: reg, wrappers: map[string]kms.Wrapper{}, timeout: timeout}
+}
+
+func (l *loader) wrapper(ctx context.Context, uri string) (kms.Wrapper, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w, ok := l.wrappers[uri]; ok {
+		return w, nil
+	}
+	w, err := l.kms.Open(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	l.wrappers[uri] = w
+	return w, nil
+}
+
+// build loads doc, reusing keys from prev whose wrapped form is unchanged.
+// On any error it returns nil and the caller keeps prev.
+func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, source string) (*ringSet, error) {
+	if prev != nil {
+		if err := checkSuccessor(prev.doc, doc); err != nil {
+			return nil, err
+		}
+	}
+	next := &ringSet{
+		doc: doc.Clone(), keys: map[uint32]*envelope.Key{}, wrapped: map[uint32][]byte{},
+		source: source, loadedAt: time.Now(),
+	}
+	for _, v := range doc.Versions {
+		if !v.State.Readable() {
+			continue
+		}
+		var k *envelope.Key
+		if prev != nil && bytes.Equal(prev.wrapped[v.Version], v.WrappedKey) {
+			k = prev.keys[v.Version]
+		} else {
+			var err error
+			if k, err = l.unwrap(ctx, doc, v); err != nil {
+				return nil, err
+			}
+			if prev != nil {
+				if old, ok := prev.keys[v.Version]; ok && !sameKey(old, k) {
+					return nil, fmt.Errorf("%w: %s v%d now holds a different key; version numbers are never reused (rotate to add a new version)", ErrKeysetRejected, doc.Name, v.Version)
+				}
+			}
+		}
+		next.keys[v.Version] = k
+		next.wrapped[v.Version] = v.WrappedKey
+		if v.State == keyset.StatePrimary {
+			next.primary = k
+		}
+	}
+	return next, nil
+}
+
+func (l *loader) unwrap(ctx context.Context, doc *keyset.Keyset, v keyset.Version) (*envelope.Key, error) {
+	w, err := l.wrapper(ctx, doc.KMS)
+	if err != nil {
+		return nil, fmt.Errorf("%s v%d: %w", doc.Name, v.Version, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	dek, err := w.Unwrap(cctx, kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}, keyset.WrapAAD(doc.Name, v.Version))
+	if err != nil {
+		return nil, fmt.Errorf("%s v%d: unwrap: %w", doc.Name, v.Version, err)
+	}
+	k, err := envelope.NewKey(doc.Name, v.Version, dek)
+	clear(dek)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s v%d: %v", ErrKeysetRejected, doc.Name, v.Version, err)
+	}
+	if err := selfTest(k); err != nil {
+		return nil, fmt.Errorf("%w: %s v%d: self-test: %v", ErrKeysetRejected, doc.Name, v.Version, err)
+	}
+	return k, nil
+}
+
+// selfTest seals and opens a random canary under k.
+func selfTest(k *envelope.Key) error {
+	canary := make([]byte, 32)
+	if _, err := rand.Read(canary); err != nil {
+		return err
+	}
+	ctx := map[string]string{"keyshift": "self-test"}
+	ct, err := envelope.Seal(k, canary, ctx, rand.Reader)
+	if err != nil {
+		return err
+	}
+	pt, err := envelope.Open(k, ct, ctx)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(pt, canary) {
+		return errors.New("round trip returned different bytes")
+	}
+	return nil
+}
+
+// sameKey reports whether two keys seal identically: a ciphertext from one
+// opens under the other.
+func sameKey(a, b *envelope.Key) bool {
+	seed := make([]byte, envelope.SeedSize+envelope.NonceSize)
+	ct, err := envelope.Seal(a, nil, nil, bytes.NewReader(seed))
+	if err != nil {
+		return false
+	}
+	ct2, err := envelope.Seal(b, nil, nil, bytes.NewReader(seed))
+	if err != nil {
+		return false
+	}
+	return subtle.ConstantTimeCompare(ct, ct2) == 1
+}
+
+// checkSuccessor refuses a document that would make data unreadable: a
+// different keyset name, a version that vanished, or a state that moved
+// backwards (a stale file restored over a newer one).
+func checkSuccessor(prev, next *keyset.Keyset) error {
+	if prev.Name != next.Name {
+		return fmt.Errorf("%w: keyset name changed from %q to %q", ErrKeysetRejected, prev.Name, next.Name)
+	}
+	for _, pv := range prev.Versions {
+		nv, err := next.Get(pv.Version)
+		if err != nil {
+			return fmt.Errorf("%w: %s v%d disappeared from the document (retire versions, never delete them)", ErrKeysetRejected, prev.Name, pv.Version)
+		}
+		if nv.State.Rank() < pv.State.Rank() {
+			return fmt.Errorf("%w: %s v%d moved back from %s to %s (is this an old copy of the document?)", ErrKeysetRejected, prev.Name, pv.Version, pv.State, nv.State)
+		}
+	}
+	return nil
+}

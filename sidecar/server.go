@@ -1,0 +1,306 @@
+// Package sidecar is keyshift's per-pod server: it holds the pod's keysets
+// in memory as an immutable, atomically swapped keyring, serves
+// Encrypt/Decrypt/Rewrap over a Unix socket (gRPC and HTTP/JSON), follows
+// keyset files as they change, and reports health and metrics on a
+// localhost port.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms"
+	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
+)
+
+// Config is everything the sidecar needs; cmd/keyshift fills it from flags.
+type Config struct {
+	// Socket is the Unix socket path the API is served on.
+	Socket string
+	// SocketMode is the socket file's mode (0660 by default).
+	SocketMode os.FileMode
+	// AllowedUIDs are the peer UIDs that may call the API. Nil allows any
+	// peer that can open the socket.
+	AllowedUIDs []uint32
+	// Keysets maps each keyset name to the file it is loaded from.
+	Keysets map[string]string
+	// MetricsAddr serves /livez, /readyz and /metrics ("" disables). Keep it
+	// on localhost.
+	MetricsAddr string
+	// KMS opens the backends keyset documents name.
+	KMS kms.Registry
+	// Logger receives structured logs; it never gets key material.
+	Logger *slog.Logger
+	// Resync rereads keyset files this often even without a file event.
+	Resync time.Duration
+	// KMSTimeout bounds each KMS call.
+	KMSTimeout time.Duration
+}
+
+func (c *Config) defaults() error {
+	if c.Socket == "" {
+		return errors.New("sidecar: no socket path (set --socket)")
+	}
+	if len(c.Keysets) == 0 {
+		return errors.New("sidecar: no keysets (set --keyset NAME=PATH at least once)")
+	}
+	if c.SocketMode == 0 {
+		c.SocketMode = 0o660
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Resync <= 0 {
+		c.Resync = time.Minute
+	}
+	if c.KMSTimeout <= 0 {
+		c.KMSTimeout = 10 * time.Second
+	}
+	if c.KMS == nil {
+		return errors.New("sidecar: no KMS registry")
+	}
+	return nil
+}
+
+// Server is a running sidecar.
+type Server struct {
+	cfg     Config
+	svc     *Service
+	metrics *Metrics
+	ring    *holder
+	loader  *loader
+	health  *health.Server
+	log     *slog.Logger
+
+	errMu   sync.Mutex
+	lastErr map[string]string
+
+	ready   chan struct{}
+	readyMu sync.Once
+	done    chan struct{}
+	runErr  error
+	opsL    net.Listener
+}
+
+// Start listens on the socket, starts loading keysets and serving, and
+// returns at once. The server stops when ctx is canceled; Wait waits for
+// that.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(cfg.Keysets))
+	for n := range cfg.Keysets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	s := &Server{
+		cfg: cfg, metrics: NewMetrics(), ring: &holder{}, loader: newLoader(cfg.KMS, cfg.KMSTimeout),
+		health: health.NewServer(), log: cfg.Logger, lastErr: map[string]string{},
+		ready: make(chan struct{}), done: make(chan struct{}),
+	}
+	s.svc = newService(s.ring, names, s.metrics, cfg.Logger)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(v1.Crypto_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+
+	l, err := listenUnix(cfg.Socket, cfg.SocketMode)
+	if err != nil {
+		return nil, err
+	}
+	var metricsL net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsL, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("sidecar: metrics listener: %w", err)
+		}
+		s.opsL = metricsL
+	}
+	var allow uidAllowlist
+	if cfg.AllowedUIDs != nil {
+		allow = uidAllowlist{}
+		for _, u := range cfg.AllowedUIDs {
+			allow[u] = true
+		}
+	}
+	unary, stream := authorize(allow, s.metrics)
+	gs := grpc.NewServer(grpc.Creds(peerCreds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
+		grpc.MaxRecvMsgSize(MaxHTTPBody), grpc.MaxSendMsgSize(MaxHTTPBody),
+		// Reuse handler goroutines: a fresh goroutine per call pays for
+		// stack growth through the crypto path (8% of CPU in profiles).
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))))
+	api := &grpcAPI{svc: s.svc, lastErr: s.lastError}
+	v1.RegisterCryptoServer(gs, api)
+	healthpb.RegisterHealthServer(gs, s.health)
+	hs := &http.Server{Handler: httpAPI(api, allow, s.metrics), ConnContext: httpConnContext, ReadHeaderTimeout: 10 * time.Second}
+	dm := newDemux(l, s.log)
+
+	var wg sync.WaitGroup
+	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+	run(func() { dm.serve(ctx) })
+	run(func() { _ = gs.Serve(dm.grpc) })
+	run(func() { _ = hs.Serve(dm.web) })
+	var ms *http.Server
+	if metricsL != nil {
+		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		run(func() { _ = ms.Serve(metricsL) })
+	}
+	for _, name := range names {
+		fs := &fileSource{name: name, path: cfg.Keysets[name], apply: s.apply, log: s.log, resync: cfg.Resync,
+			fail: func(err error) { s.loadFailed(name, err) }}
+		run(func() { fs.run(ctx, s.metrics) })
+	}
+	s.log.Info("sidecar listening", "socket", cfg.Socket, "mode", fmt.Sprintf("%#o", cfg.SocketMode),
+		"metrics", cfg.MetricsAddr, "keysets", names, "allowed_uids", allowedString(cfg.AllowedUIDs))
+	go func() {
+		<-ctx.Done()
+		s.health.Shutdown()
+		dm.close()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			gs.Stop()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		if ms != nil {
+			_ = ms.Shutdown(sctx)
+		}
+		wg.Wait()
+		s.log.Info("sidecar stopped")
+		close(s.done)
+	}()
+	return s, nil
+}
+
+func allowedString(uids []uint32) string {
+	if uids == nil {
+		return "any (socket file mode decides)"
+	}
+	parts := make([]string, len(uids))
+	for i, u := range uids {
+		parts[i] = fmt.Sprint(u)
+	}
+	return strings.Join(parts, ",")
+}
+
+// Run starts the sidecar and blocks until ctx is canceled.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return s.Wait()
+}
+
+// Wait blocks until the server has shut down.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.runErr
+}
+
+// Ready is closed once every keyset has loaded.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// OpsAddr is the address /livez, /readyz and /metrics are served on, or ""
+// when disabled.
+func (s *Server) OpsAddr() string {
+	if s.opsL == nil {
+		return ""
+	}
+	return s.opsL.Addr().String()
+}
+
+// Service is the crypto core, for in-process callers and tests.
+func (s *Server) Service() *Service { return s.svc }
+
+// Metrics is the server's metric set.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// apply builds a new ringSet from doc and swaps it in. The running keyring
+// is untouched on any error.
+func (s *Server) apply(ctx context.Context, doc *keyset.Keyset, source string) (bool, error) {
+	prev, _ := s.ring.load().set(doc.Name)
+	next, err := s.loader.build(ctx, doc, prev, source)
+	if err != nil {
+		return false, err
+	}
+	s.ring.replace(doc.Name, next)
+	s.metrics.loaded(doc.Name, next)
+	s.errMu.Lock()
+	delete(s.lastErr, doc.Name)
+	s.errMu.Unlock()
+	readable := []uint32{}
+	for v := range next.keys {
+		readable = append(readable, v)
+	}
+	slices.Sort(readable)
+	s.log.Info("keyring swapped", "keyset", doc.Name, "primary", next.primary.Version(), "readable_versions", readable, "source", source)
+	if s.svc.Ready() {
+		s.readyMu.Do(func() {
+			s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+			s.health.SetServingStatus(v1.Crypto_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+			close(s.ready)
+			s.log.Info("sidecar ready")
+		})
+	}
+	return true, nil
+}
+
+func (s *Server) loadFailed(name string, err error) {
+	s.errMu.Lock()
+	s.lastErr[name] = err.Error()
+	s.errMu.Unlock()
+	_, loaded := s.ring.load().set(name)
+	s.log.Warn("keyset load failed; keeping the current keyring", "keyset", name, "loaded", loaded, "reason", kms.Reason(err), "err", err)
+}
+
+func (s *Server) lastError(name string) string {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.lastErr[name]
+}
+
+// opsHandler serves /livez, /readyz and /metrics. Liveness only says the
+// process serves: a KMS outage must not restart pods. Readiness says every
+// keyset is loaded.
+func (s *Server) opsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ready, sets := s.svc.Status(s.lastError)
+		if ready {
+			_, _ = w.Write([]byte("ok\n"))
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, ks := range sets {
+			if ks.Primary == 0 {
+				fmt.Fprintf(w, "keyset %s not loaded: %s\n", ks.Name, ks.LastError)
+			}
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	return mux
+}

@@ -1,0 +1,281 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/envelope"
+)
+
+// Service is the sidecar's crypto core as plain Go: the gRPC and HTTP
+// handlers only convert types and call it. It reads the current Keyring
+// once per call and never blocks on a key swap.
+type Service struct {
+	ring     *holder
+	keysets  []string // configured keyset names, sorted
+	rand     io.Reader
+	metrics  *Metrics
+	log      *slog.Logger
+	required map[string]bool
+}
+
+// Sealed is the result of Encrypt or Rewrap.
+type Sealed struct {
+	Ciphertext  []byte
+	Keyset      string
+	Version     uint32
+	FromVersion uint32
+	Rewrapped   bool
+}
+
+// Opened is the result of Decrypt.
+type Opened struct {
+	Plaintext []byte
+	Keyset    string
+	Version   uint32
+}
+
+func newService(ring *holder, keysets []string, m *Metrics, log *slog.Logger) *Service {
+	ks := append([]string(nil), keysets...)
+	sort.Strings(ks)
+	req := map[string]bool{}
+	for _, k := range ks {
+		req[k] = true
+	}
+	return &Service{ring: ring, keysets: ks, rand: rand.Reader, metrics: m, log: log, required: req}
+}
+
+func (s *Service) observe(op string, start time.Time, err error) {
+	s.metrics.observe(op, time.Since(start), err)
+	if err != nil && reason(err) == "internal" {
+		s.log.Error("request failed", "op", op, "err", err)
+	}
+}
+
+// Encrypt seals plaintext under the primary version of keyset (or of the
+// only keyset when name is empty).
+func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c map[string]string) (res Sealed, err error) {
+	start := time.Now()
+	defer func() { s.observe("encrypt", start, err) }()
+	return s.encrypt(name, plaintext, c)
+}
+
+func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (Sealed, error) {
+	set, err := s.lookup(name)
+	if err != nil {
+		return Sealed{}, err
+	}
+	ct, err := envelope.Seal(set.primary, plaintext, c, s.rand)
+	if err != nil {
+		return Sealed{}, err
+	}
+	return Sealed{Ciphertext: ct, Keyset: set.primary.Name(), Version: set.primary.Version()}, nil
+}
+
+func (s *Service) lookup(name string) (*ringSet, error) {
+	if name == "" {
+		if len(s.keysets) != 1 {
+			return nil, fmt.Errorf("%w: this sidecar serves %d keysets (%v); name one", ErrKeysetRequired, len(s.keysets), s.keysets)
+		}
+		name = s.keysets[0]
+	}
+	set, ok := s.ring.load().set(name)
+	if !ok {
+		if s.required[name] {
+			return nil, fmt.Errorf("%w: keyset %q", ErrNotReady, name)
+		}
+		return nil, fmt.Errorf("%w %q (this sidecar serves %v)", ErrUnknownKeyset, name, s.keysets)
+	}
+	return set, nil
+}
+
+// Decrypt opens a ciphertext under whichever loaded version sealed it.
+func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res Opened, err error) {
+	start := time.Now()
+	defer func() { s.observe("decrypt", start, err) }()
+	return s.decrypt(ciphertext, c)
+}
+
+func (s *Service) decrypt(ciphertext []byte, c map[string]string) (Opened, error) {
+	k, err := s.keyFor(ciphertext)
+	if err != nil {
+		return Opened{}, err
+	}
+	pt, err := envelope.Open(k, ciphertext, c)
+	if err != nil {
+		return Opened{}, err
+	}
+	return Opened{Plaintext: pt, Keyset: k.Name(), Version: k.Version()}, nil
+}
+
+func (s *Service) keyFor(ciphertext []byte) (*envelope.Key, error) {
+	h, _, err := envelope.Parse(ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	set, err := s.lookup(h.Keyset)
+	if err != nil {
+		return nil, err
+	}
+	k, ok := set.keys[h.Version]
+	if !ok {
+		return nil, unknownVersion(h.Keyset, h.Version)
+	}
+	return k, nil
+}
+
+// Rewrap re-seals ciphertext under its keyset's primary version without
+// handing the plaintext to anyone. A ciphertext already under the primary
+// is returned as it is, with Rewrapped false.
+func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res Sealed, err error) {
+	start := time.Now()
+	defer func() { s.observe("rewrap", start, err) }()
+	return s.rewrap(ciphertext, c)
+}
+
+func (s *Service) rewrap(ciphertext []byte, c map[string]string) (Sealed, error) {
+	k, err := s.keyFor(ciphertext)
+	if err != nil {
+		return Sealed{}, err
+	}
+	set, err := s.lookup(k.Name())
+	if err != nil {
+		return Sealed{}, err
+	}
+	pt, err := envelope.Open(k, ciphertext, c)
+	if err != nil {
+		return Sealed{}, err
+	}
+	defer clear(pt)
+	if set.primary.Version() == k.Version() {
+		return Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
+	}
+	ct, err := envelope.Seal(set.primary, pt, c, s.rand)
+	if err != nil {
+		return Sealed{}, err
+	}
+	return Sealed{Ciphertext: ct, Keyset: k.Name(), Version: set.primary.Version(), FromVersion: k.Version(), Rewrapped: true}, nil
+}
+
+// EncryptItem, DecryptItem and RewrapItem are one batch entry.
+type (
+	EncryptItem struct {
+		Keyset    string
+		Plaintext []byte
+		Context   map[string]string
+	}
+	CipherItem struct {
+		Ciphertext []byte
+		Context    map[string]string
+	}
+)
+
+// EncryptBatch encrypts each item independently; errs[i] is item i's error.
+func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []Sealed, errs []error, err error) {
+	start := time.Now()
+	defer func() { s.observe("encrypt_batch", start, err) }()
+	if err := checkBatch(len(items)); err != nil {
+		return nil, nil, err
+	}
+	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	for i, it := range items {
+		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
+		s.metrics.item("encrypt_batch", errs[i])
+	}
+	return out, errs, nil
+}
+
+// DecryptBatch decrypts each item independently.
+func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []Opened, errs []error, err error) {
+	start := time.Now()
+	defer func() { s.observe("decrypt_batch", start, err) }()
+	if err := checkBatch(len(items)); err != nil {
+		return nil, nil, err
+	}
+	out, errs = make([]Opened, len(items)), make([]error, len(items))
+	for i, it := range items {
+		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
+		s.metrics.item("decrypt_batch", errs[i])
+	}
+	return out, errs, nil
+}
+
+// RewrapBatch rewraps each item independently.
+func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []Sealed, errs []error, err error) {
+	start := time.Now()
+	defer func() { s.observe("rewrap_batch", start, err) }()
+	if err := checkBatch(len(items)); err != nil {
+		return nil, nil, err
+	}
+	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	for i, it := range items {
+		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
+		s.metrics.item("rewrap_batch", errs[i])
+	}
+	return out, errs, nil
+}
+
+func checkBatch(n int) error {
+	if n > MaxBatch {
+		return fmt.Errorf("%w: %d items exceeds %d; split the batch", ErrBatchTooLarge, n, MaxBatch)
+	}
+	return nil
+}
+
+// KeysetStatus describes one loaded keyset. It holds no key material.
+type KeysetStatus struct {
+	Name      string
+	KMS       string
+	Primary   uint32
+	Versions  []VersionStatus
+	LoadedAt  time.Time
+	Source    string
+	LastError string
+}
+
+// VersionStatus is one version's number, state and KEK version.
+type VersionStatus struct {
+	Version    uint32
+	State      string
+	KEKVersion string
+}
+
+// Status lists every configured keyset; Ready is true when all are loaded.
+func (s *Service) Status(lastErr func(string) string) (ready bool, out []KeysetStatus) {
+	ring := s.ring.load()
+	ready = true
+	for _, name := range s.keysets {
+		st := KeysetStatus{Name: name}
+		if lastErr != nil {
+			st.LastError = lastErr(name)
+		}
+		set, ok := ring.set(name)
+		if !ok {
+			ready = false
+			out = append(out, st)
+			continue
+		}
+		st.KMS, st.Primary, st.LoadedAt, st.Source = set.doc.KMS, set.primary.Version(), set.loadedAt, set.source
+		for _, v := range set.doc.Versions {
+			st.Versions = append(st.Versions, VersionStatus{Version: v.Version, State: string(v.State), KEKVersion: v.KEKVersion})
+		}
+		out = append(out, st)
+	}
+	return ready, out
+}
+
+// Ready reports whether every configured keyset is loaded.
+func (s *Service) Ready() bool {
+	ring := s.ring.load()
+	for _, name := range s.keysets {
+		if _, ok := ring.set(name); !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -26,11 +26,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./sidecar/ ./internal/envelope/
 
 lint: tools
-	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -name '*.pb.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLBIN)/staticcheck ./...
-	@cp go.mod /tmp/keyshift-go.mod.bak; cp go.sum /tmp/keyshift-go.sum.bak; \
-	$(GO) mod tidy; \
+	@$(GO) mod tidy; \
 	if ! git diff --quiet -- go.mod go.sum; then echo "go mod tidy changed go.mod/go.sum"; git diff -- go.mod go.sum; exit 1; fi
 
 tools:

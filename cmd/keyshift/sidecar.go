@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/kms/providers"
+	"github.com/keyshift/keyshift/sidecar"
+)
+
+// keysetFlags collects repeated --keyset NAME=PATH.
+type keysetFlags map[string]string
+
+func (k keysetFlags) String() string { return fmt.Sprint(map[string]string(k)) }
+func (k keysetFlags) Set(v string) error {
+	name, path, ok := strings.Cut(v, "=")
+	if !ok || name == "" || path == "" {
+		return fmt.Errorf("want NAME=PATH, for example payments=/var/run/keyshift/keysets/payments/keyset.json")
+	}
+	if _, dup := k[name]; dup {
+		return fmt.Errorf("keyset %q given twice", name)
+	}
+	k[name] = path
+	return nil
+}
+
+// parseUIDs reads --allowed-uids: "self" (the sidecar's own UID), "any"
+// (no check: the socket's file mode decides) or a comma-separated list.
+func parseUIDs(s string) ([]uint32, error) {
+	switch s {
+	case "self":
+		return []uint32{uint32(os.Getuid())}, nil
+	case "any":
+		return nil, nil
+	}
+	var out []uint32
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--allowed-uids %q: write self, any, or comma-separated numeric UIDs like 1000,1001", s)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
+}
+
+func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	keysets := keysetFlags{}
+	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow (repeat for several)")
+	socket := fs.String("socket", envOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
+	mode := fs.String("socket-mode", "0660", "socket file mode (octal)")
+	uids := fs.String("allowed-uids", "self", "peer UIDs allowed to call: self, any, or a list like 1000,1001")
+	metrics := fs.String("metrics-addr", "127.0.0.1:9495", "address for /livez, /readyz and /metrics (empty disables)")
+	resync := fs.Duration("resync", time.Minute, "reread keyset files this often even without a file event")
+	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", "json", "json or text")
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return err
+	}
+	m, err := strconv.ParseUint(*mode, 8, 32)
+	if err != nil || m > 0o777 {
+		return fmt.Errorf("--socket-mode %q: write an octal mode like 0660", *mode)
+	}
+	allowed, err := parseUIDs(*uids)
+	if err != nil {
+		return err
+	}
+	return sidecar.Run(ctx, sidecar.Config{
+		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
+		MetricsAddr: *metrics, KMS: providers.Registry(), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
+	})
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

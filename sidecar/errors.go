@@ -26,6 +26,8 @@ var (
 	ErrKeysetRequired = errors.New("sidecar: keyset required")
 	// ErrBatchTooLarge: a batch holds more than MaxBatch items.
 	ErrBatchTooLarge = errors.New("sidecar: batch too large")
+	// ErrBadMAC: a MAC does not verify under the version it names.
+	ErrBadMAC = errors.New("sidecar: MAC does not verify")
 	// ErrPermissionDenied: the peer's UID is not on the allowlist.
 	ErrPermissionDenied = errors.New("sidecar: peer not allowed")
 )
@@ -61,6 +63,8 @@ func reason(err error) string {
 		return "batch_too_large"
 	case errors.Is(err, ErrPermissionDenied):
 		return "permission_denied"
+	case errors.Is(err, ErrBadMAC):
+		return "bad_mac"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "canceled"
 	default:
@@ -77,6 +81,8 @@ func toStatus(err error) *status.Status {
 	switch reason(err) {
 	case "auth_failed":
 		return status.New(codes.InvalidArgument, "decryption failed")
+	case "bad_mac":
+		return status.New(codes.InvalidArgument, "MAC does not verify")
 	case "malformed", "unsupported_format", "bad_context", "too_large", "keyset_required", "batch_too_large":
 		return status.New(codes.InvalidArgument, err.Error())
 	case "unknown_keyset", "unknown_version":

@@ -26,7 +26,7 @@ type Metrics struct {
 	durations  map[string]prometheus.Observer
 }
 
-var ops = []string{"encrypt", "decrypt", "rewrap", "encrypt_batch", "decrypt_batch", "rewrap_batch"}
+var ops = []string{"encrypt", "decrypt", "rewrap", "encrypt_batch", "decrypt_batch", "rewrap_batch", "sign", "verify"}
 
 // NewMetrics registers the sidecar's series on a fresh registry.
 func NewMetrics() *Metrics {

@@ -279,3 +279,45 @@ func (s *Service) Ready() bool {
 	}
 	return true
 }
+
+// Sign MACs data under the primary version of keyset (see
+// envelope.Key.MAC) and reports that version, so a verifier can pick the
+// same one later even after a rotation.
+func (s *Service) Sign(ctx context.Context, keyset string, data []byte) (version uint32, mac []byte, err error) {
+	start := time.Now()
+	defer func() { s.observe("sign", start, err) }()
+	set, err := s.lookup(keyset)
+	if err != nil {
+		return 0, nil, err
+	}
+	return set.primary.Version(), set.primary.MAC(data), nil
+}
+
+// Verify checks a MAC made by Sign under version of keyset. Any loaded
+// version verifies (pending, primary, decrypt-only), so MACs made before a
+// rotation stay valid through the retention window.
+func (s *Service) Verify(ctx context.Context, keyset string, version uint32, data, mac []byte) (err error) {
+	start := time.Now()
+	defer func() { s.observe("verify", start, err) }()
+	set, err := s.lookup(keyset)
+	if err != nil {
+		return err
+	}
+	k, ok := set.keys[version]
+	if !ok {
+		return unknownVersion(set.doc.Name, version)
+	}
+	if !k.VerifyMAC(data, mac) {
+		return ErrBadMAC
+	}
+	return nil
+}
+
+// Primary is keyset's primary version number.
+func (s *Service) Primary(keyset string) (uint32, error) {
+	set, err := s.lookup(keyset)
+	if err != nil {
+		return 0, err
+	}
+	return set.primary.Version(), nil
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -741,4 +742,27 @@ func isPrintable(b []byte) bool {
 		}
 	}
 	return true
+}
+
+func TestSignVerifyAcrossRotation(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	svc := e.srv.Service()
+	v, mac, err := svc.Sign(ctx, "payments", []byte("GET /orders"))
+	if err != nil || v != 1 {
+		t.Fatalf("Sign = v%d, %v", v, err)
+	}
+	e.rotate("payments")
+	if err := svc.Verify(ctx, "payments", v, []byte("GET /orders"), mac); err != nil {
+		t.Fatalf("MAC from before the rotation: %v", err)
+	}
+	if err := svc.Verify(ctx, "payments", v, []byte("GET /admin"), mac); !errors.Is(err, ErrBadMAC) {
+		t.Fatalf("MAC over other data: %v", err)
+	}
+	if err := svc.Verify(ctx, "payments", 7, []byte("GET /orders"), mac); !errors.Is(err, ErrUnknownKeyVersion) {
+		t.Fatalf("unknown version: %v", err)
+	}
+	if v2, _, _ := svc.Sign(ctx, "payments", nil); v2 != 2 {
+		t.Fatalf("signs with v%d after rotation", v2)
+	}
 }

@@ -76,6 +76,7 @@ var (
 const (
 	prkSalt = "keyshift envelope v1 prk"
 	msgInfo = "keyshift envelope v1 message key"
+	macInfo = "keyshift mac v1"
 )
 
 // Key is one unwrapped data key version ready to seal and open messages. It
@@ -85,6 +86,7 @@ type Key struct {
 	name    string
 	version uint32
 	prk     []byte
+	macKey  []byte
 	macs    sync.Pool // of hash.Hash: HMAC-SHA-256 keyed with prk
 }
 
@@ -104,9 +106,27 @@ func NewKey(name string, version uint32, dek []byte) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("envelope: derive key: %w", err)
 	}
-	k := &Key{name: name, version: version, prk: prk}
+	macKey, err := hkdf.Expand(sha256.New, prk, macInfo, KeySize)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: derive MAC key: %w", err)
+	}
+	k := &Key{name: name, version: version, prk: prk, macKey: macKey}
 	k.macs.New = func() any { return hmac.New(sha256.New, k.prk) }
 	return k, nil
+}
+
+// MAC returns HMAC-SHA-256 over data under a MAC key derived from the
+// version's data key (HKDF label "keyshift mac v1"), independent of every
+// message key. It is for signing requests and cookies, not for ciphertexts.
+func (k *Key) MAC(data []byte) []byte {
+	m := hmac.New(sha256.New, k.macKey)
+	m.Write(data)
+	return m.Sum(nil)
+}
+
+// VerifyMAC reports in constant time whether mac is MAC(data).
+func (k *Key) VerifyMAC(data, mac []byte) bool {
+	return hmac.Equal(k.MAC(data), mac)
 }
 
 // Name is the keyset name this key seals under.

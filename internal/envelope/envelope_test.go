@@ -405,3 +405,18 @@ func TestMessageKeyIsHKDF(t *testing.T) {
 		t.Fatal("message key differs from HKDF-Expand")
 	}
 }
+
+func TestMAC(t *testing.T) {
+	k := fixedKey(t, "orders", 3)
+	m := k.MAC([]byte("GET /api"))
+	if len(m) != 32 || !k.VerifyMAC([]byte("GET /api"), m) {
+		t.Fatal("MAC does not verify")
+	}
+	if k.VerifyMAC([]byte("GET /apj"), m) || fixedKey(t, "orders", 4).VerifyMAC([]byte("GET /api"), m) {
+		t.Fatal("MAC verified other data or under another key")
+	}
+	want, _ := hkdf.Expand(sha256.New, k.prk, macInfo, KeySize)
+	if bytes.Equal(want, k.prk) || !bytes.Equal(want, k.macKey) {
+		t.Fatal("MAC key is not the HKDF-derived key")
+	}
+}

@@ -98,6 +98,9 @@ func (l *loader) wrapper(ctx context.Context, uri string) (kms.Wrapper, error) {
 // On any error it returns nil and the caller keeps prev.
 func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, source string) (*ringSet, error) {
 	if prev != nil {
+		if isStale(prev.doc, doc) {
+			return nil, errStale
+		}
 		if err := checkSuccessor(prev.doc, doc); err != nil {
 			return nil, err
 		}
@@ -189,6 +192,42 @@ func sameKey(a, b *envelope.Key) bool {
 		return false
 	}
 	return subtle.ConstantTimeCompare(ct, ct2) == 1
+}
+
+// errStale: the document is the loaded one or an older copy of it (a file
+// the kubelet has not synced yet while xDS already delivered a newer one).
+// It is ignored, not an error: the higher complete document wins.
+var errStale = errors.New("sidecar: document is not newer than the loaded one")
+
+// isStale reports whether doc is the same as, or an older copy of, cur: its
+// versions are a prefix of cur's, none is further along its lifecycle, and
+// where the states are all equal the wrapped keys are too (a KEK rewrap
+// changes only wrapped keys and must load).
+func isStale(cur, doc *keyset.Keyset) bool {
+	if doc.Name != cur.Name || doc.Latest() > cur.Latest() {
+		return false
+	}
+	sameStates := len(doc.Versions) == len(cur.Versions)
+	sameKeys := true
+	for _, cv := range cur.Versions {
+		dv, err := doc.Get(cv.Version)
+		if err != nil {
+			if cv.Version <= doc.Latest() {
+				return false // a hole: not a copy of cur at any time
+			}
+			continue
+		}
+		if dv.State.Rank() > cv.State.Rank() {
+			return false
+		}
+		if dv.State != cv.State {
+			sameStates = false
+		}
+		if !bytes.Equal(dv.WrappedKey, cv.WrappedKey) {
+			sameKeys = false
+		}
+	}
+	return !sameStates || sameKeys
 }
 
 // checkSuccessor refuses a document that would make data unreadable: a

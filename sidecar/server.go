@@ -27,6 +27,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/xds"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
@@ -39,8 +40,14 @@ type Config struct {
 	// AllowedUIDs are the peer UIDs that may call the API. Nil allows any
 	// peer that can open the socket.
 	AllowedUIDs []uint32
-	// Keysets maps each keyset name to the file it is loaded from.
+	// Keysets maps each keyset name to the file it is loaded from; an empty
+	// path means the keyset comes over xDS only.
 	Keysets map[string]string
+	// XDSAddr is the controller's xDS address (host:port or unix:///path);
+	// empty disables the xDS source.
+	XDSAddr string
+	// NodeID names this sidecar to the controller (namespace/pod).
+	NodeID string
 	// MetricsAddr serves /livez, /readyz and /metrics ("" disables). Keep it
 	// on localhost.
 	MetricsAddr string
@@ -76,6 +83,15 @@ func (c *Config) defaults() error {
 	if c.KMS == nil {
 		return errors.New("sidecar: no KMS registry")
 	}
+	for name, path := range c.Keysets {
+		if path == "" && c.XDSAddr == "" {
+			return fmt.Errorf("sidecar: keyset %s has no file and no xDS address; set --keyset %s=PATH or --xds-addr", name, name)
+		}
+	}
+	if c.XDSAddr != "" && c.NodeID == "" {
+		host, _ := os.Hostname()
+		c.NodeID = host
+	}
 	return nil
 }
 
@@ -91,6 +107,9 @@ type Server struct {
 
 	errMu   sync.Mutex
 	lastErr map[string]string
+	// applyMu serialises loads: the file and xDS sources may deliver the
+	// same keyset at once.
+	applyMu sync.Mutex
 
 	ready   chan struct{}
 	readyMu sync.Once
@@ -161,7 +180,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		run(func() { _ = ms.Serve(metricsL) })
 	}
+	if cfg.XDSAddr != "" {
+		xc := &xds.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log}
+		run(func() { _ = xc.Run(ctx) })
+	}
 	for _, name := range names {
+		if cfg.Keysets[name] == "" {
+			continue
+		}
 		fs := &fileSource{name: name, path: cfg.Keysets[name], apply: s.apply, log: s.log, resync: cfg.Resync,
 			fail: func(err error) { s.loadFailed(name, err) }}
 		run(func() { fs.run(ctx, s.metrics) })
@@ -239,8 +265,13 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 // apply builds a new ringSet from doc and swaps it in. The running keyring
 // is untouched on any error.
 func (s *Server) apply(ctx context.Context, doc *keyset.Keyset, source string) (bool, error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
 	prev, _ := s.ring.load().set(doc.Name)
 	next, err := s.loader.build(ctx, doc, prev, source)
+	if errors.Is(err, errStale) {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -264,6 +295,44 @@ func (s *Server) apply(ctx context.Context, doc *keyset.Keyset, source string) (
 		})
 	}
 	return true, nil
+}
+
+// applyXDS loads a document pushed by the controller. Its error becomes the
+// NACK the controller sees.
+func (s *Server) applyXDS(ctx context.Context, name string, data []byte) error {
+	const source = "xds"
+	if _, ok := s.cfg.Keysets[name]; !ok {
+		s.metrics.reload(name, source, "invalid")
+		return fmt.Errorf("%w: keyset %q is not configured in this sidecar", ErrKeysetRejected, name)
+	}
+	doc, err := keyset.Parse(data)
+	if err == nil && doc.Name != name {
+		err = fmt.Errorf("%w: resource %q holds keyset %q", ErrKeysetRejected, name, doc.Name)
+	}
+	if err != nil {
+		s.metrics.reload(name, source, "invalid")
+		s.loadFailed(name, err)
+		return err
+	}
+	changed, err := s.apply(ctx, doc, source)
+	switch {
+	case err != nil:
+		s.metrics.reload(name, source, reloadReason(err))
+		s.loadFailed(name, err)
+		return err
+	case changed:
+		s.metrics.reload(name, source, "ok")
+	default:
+		s.metrics.reload(name, source, "stale")
+	}
+	return nil
+}
+
+func reloadReason(err error) string {
+	if errors.Is(err, ErrKeysetRejected) {
+		return "rejected"
+	}
+	return kms.Reason(err)
 }
 
 func (s *Server) loadFailed(name string, err error) {

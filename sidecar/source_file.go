@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -119,15 +118,16 @@ func (f *fileSource) reload(ctx context.Context, metrics *Metrics) error {
 		return fmt.Errorf("%w: %s holds keyset %q, configured as %q", ErrKeysetRejected, f.path, doc.Name, f.name)
 	}
 	start := time.Now()
-	if _, err := f.apply(ctx, doc, "file:"+f.path); err != nil {
-		r := kms.Reason(err)
-		if errors.Is(err, ErrKeysetRejected) {
-			r = "rejected"
-		}
-		metrics.reload(f.name, source, r)
+	changed, err := f.apply(ctx, doc, "file:"+f.path)
+	if err != nil {
+		metrics.reload(f.name, source, reloadReason(err))
 		return err
 	}
-	metrics.reload(f.name, source, "ok")
+	if changed {
+		metrics.reload(f.name, source, "ok")
+	} else {
+		metrics.reload(f.name, source, "stale")
+	}
 	f.lastHash, f.loaded = sum, true
 	f.log.Debug("keyset file applied", "keyset", f.name, "duration", time.Since(start))
 	return nil

@@ -89,6 +89,48 @@ type Keyset struct {
 	KMS string `json:"kms"`
 	// Versions are sorted by number, ascending; numbers are never reused.
 	Versions []Version `json:"versions"`
+	// Policy tells the controller when to rotate and retire. Sidecars
+	// ignore it. Absent means manual rotation only.
+	Policy *Policy `json:"policy,omitempty"`
+}
+
+// Policy is a keyset's rotation schedule.
+type Policy struct {
+	// RotationPeriod is the primary's maximum age before a new version is
+	// generated ("720h"). Zero disables scheduled rotation.
+	RotationPeriod Duration `json:"rotationPeriod,omitempty"`
+	// Retention is how long a former primary stays decrypt-only before it
+	// is disabled ("2160h"). Zero keeps old versions decrypt-only forever.
+	Retention Duration `json:"retention,omitempty"`
+	// AckTimeout bounds the wait for every reader to load a pending
+	// version; on timeout the controller does not promote and says why.
+	// "5m" when zero.
+	AckTimeout Duration `json:"ackTimeout,omitempty"`
+}
+
+// Duration is a time.Duration written as "720h" in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string such as "720h" or "90m".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"720h\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w (write for example \"720h\")", s, err)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", s)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // Version is one data key version.
@@ -107,6 +149,15 @@ type Version struct {
 	PromotedAt *time.Time `json:"promotedAt,omitempty"`
 	// StateChangedAt is when State last changed.
 	StateChangedAt time.Time `json:"stateChangedAt"`
+	// Canary is a ciphertext of CanaryPlaintext sealed under this version
+	// when it was made; verification opens it to prove the stored wrapped
+	// key still yields the same data key. Dropped when destroyed.
+	Canary []byte `json:"canary,omitempty"`
+}
+
+// CanaryPlaintext is what a version's Canary decrypts to.
+func CanaryPlaintext(name string, version uint32) []byte {
+	return []byte("keyshift canary " + name + " v" + strconv.FormatUint(uint64(version), 10))
 }
 
 // String shows the version's number and state, never key bytes.
@@ -166,6 +217,8 @@ func (ks *Keyset) Validate() error {
 			return fmt.Errorf("%w: %s: versions must be unique and ascending (follows v%d)", ErrInvalid, where, prev)
 		case v.State.Rank() < 0:
 			return fmt.Errorf("%w: %s: unknown state %q (one of pending, primary, decrypt-only, disabled, destroyed)", ErrInvalid, where, v.State)
+		case len(v.Canary) > MaxWrappedKeySize:
+			return fmt.Errorf("%w: %s: canary of %d bytes exceeds %d", ErrInvalid, where, len(v.Canary), MaxWrappedKeySize)
 		case v.State == StateDestroyed && len(v.WrappedKey) != 0:
 			return fmt.Errorf("%w: %s: a destroyed version must not keep its wrapped key", ErrInvalid, where)
 		case v.State != StateDestroyed && len(v.WrappedKey) == 0:
@@ -201,9 +254,14 @@ func (ks *Keyset) Marshal() ([]byte, error) {
 // Clone returns a deep copy.
 func (ks *Keyset) Clone() *Keyset {
 	c := *ks
+	if ks.Policy != nil {
+		p := *ks.Policy
+		c.Policy = &p
+	}
 	c.Versions = make([]Version, len(ks.Versions))
 	for i, v := range ks.Versions {
 		v.WrappedKey = slices.Clone(v.WrappedKey)
+		v.Canary = slices.Clone(v.Canary)
 		if v.PromotedAt != nil {
 			t := *v.PromotedAt
 			v.PromotedAt = &t
@@ -330,6 +388,7 @@ func (ks *Keyset) Retire(n uint32, now time.Time) (*Keyset, error) {
 			c.Versions[i].StateChangedAt = now
 			if next == StateDestroyed {
 				c.Versions[i].WrappedKey = nil
+				c.Versions[i].Canary = nil
 			}
 		}
 	}

@@ -21,9 +21,10 @@ import (
 var ErrVerify = errors.New("rotation: verification failed")
 
 // generate mints a DEK for keyset name, version n, wrapped with the
-// version's AAD, and verifies that it unwraps to the same bytes and seals
-// and opens a canary.
-func generate(ctx context.Context, w kms.Wrapper, name string, n uint32) (kms.WrappedKey, error) {
+// version's AAD, verifies that it unwraps to the same bytes and seals and
+// opens a canary, and returns the wrapped key with the version's stored
+// canary ciphertext.
+func generate(ctx context.Context, w kms.Wrapper, name string, n uint32) (kms.WrappedKey, []byte, error) {
 	aad := keyset.WrapAAD(name, n)
 	var dek []byte
 	var wk kms.WrappedKey
@@ -38,36 +39,66 @@ func generate(ctx context.Context, w kms.Wrapper, name string, n uint32) (kms.Wr
 	}
 	defer clear(dek)
 	if err != nil {
-		return kms.WrappedKey{}, fmt.Errorf("rotation: generate %s v%d: %w", name, n, err)
+		return kms.WrappedKey{}, nil, fmt.Errorf("rotation: generate %s v%d: %w", name, n, err)
 	}
-	if err := verify(ctx, w, name, n, wk, dek); err != nil {
-		return kms.WrappedKey{}, err
-	}
-	return wk, nil
-}
-
-func verify(ctx context.Context, w kms.Wrapper, name string, n uint32, wk kms.WrappedKey, dek []byte) error {
-	got, err := w.Unwrap(ctx, wk, keyset.WrapAAD(name, n))
+	got, err := w.Unwrap(ctx, wk, aad)
 	if err != nil {
-		return fmt.Errorf("%w: %s v%d: unwrap: %w", ErrVerify, name, n, err)
+		return kms.WrappedKey{}, nil, fmt.Errorf("%w: %s v%d: unwrap: %w", ErrVerify, name, n, err)
 	}
 	defer clear(got)
 	if !bytes.Equal(got, dek) {
-		return fmt.Errorf("%w: %s v%d: KMS unwrapped different bytes", ErrVerify, name, n)
+		return kms.WrappedKey{}, nil, fmt.Errorf("%w: %s v%d: KMS unwrapped different bytes", ErrVerify, name, n)
 	}
 	k, err := envelope.NewKey(name, n, got)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrVerify, err)
+		return kms.WrappedKey{}, nil, fmt.Errorf("%w: %v", ErrVerify, err)
 	}
-	canary := []byte("keyshift canary")
-	ct, err := envelope.Seal(k, canary, nil, rand.Reader)
+	canary, err := envelope.Seal(k, keyset.CanaryPlaintext(name, n), nil, rand.Reader)
 	if err != nil {
-		return fmt.Errorf("%w: %s v%d: seal canary: %v", ErrVerify, name, n, err)
+		return kms.WrappedKey{}, nil, fmt.Errorf("%w: %s v%d: seal canary: %v", ErrVerify, name, n, err)
 	}
-	if pt, err := envelope.Open(k, ct, nil); err != nil || !bytes.Equal(pt, canary) {
-		return fmt.Errorf("%w: %s v%d: canary round trip failed", ErrVerify, name, n)
+	if err := openCanary(k, canary); err != nil {
+		return kms.WrappedKey{}, nil, err
+	}
+	return wk, canary, nil
+}
+
+func openCanary(k *envelope.Key, canary []byte) error {
+	pt, err := envelope.Open(k, canary, nil)
+	if err != nil || !bytes.Equal(pt, keyset.CanaryPlaintext(k.Name(), k.Version())) {
+		return fmt.Errorf("%w: %s v%d: stored canary does not decrypt", ErrVerify, k.Name(), k.Version())
 	}
 	return nil
+}
+
+// VerifyReadable unwraps every version still loaded by readers and opens
+// its stored canary, proving the KMS still yields the same data keys.
+func VerifyReadable(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset) error {
+	for _, v := range ks.Versions {
+		if !v.State.Readable() {
+			continue
+		}
+		if err := verifyVersion(ctx, w, ks.Name, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func verifyVersion(ctx context.Context, w kms.Wrapper, name string, v keyset.Version) error {
+	dek, err := w.Unwrap(ctx, kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}, keyset.WrapAAD(name, v.Version))
+	if err != nil {
+		return fmt.Errorf("%w: %s v%d: unwrap: %w", ErrVerify, name, v.Version, err)
+	}
+	k, err := envelope.NewKey(name, v.Version, dek)
+	clear(dek)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrVerify, err)
+	}
+	if len(v.Canary) == 0 {
+		return nil // made before canaries existed: the unwrap is the check
+	}
+	return openCanary(k, v.Canary)
 }
 
 // Create makes a new keyset whose version 1 is primary.
@@ -75,22 +106,81 @@ func Create(ctx context.Context, w kms.Wrapper, name, kmsURI string, now time.Ti
 	if err := envelope.ValidateName(name); err != nil {
 		return nil, err
 	}
-	wk, err := generate(ctx, w, name, 1)
+	wk, canary, err := generate(ctx, w, name, 1)
 	if err != nil {
 		return nil, err
 	}
-	return keyset.New(name, kmsURI, wk.Ciphertext, wk.KEKVersion, now)
+	ks, err := keyset.New(name, kmsURI, wk.Ciphertext, wk.KEKVersion, now)
+	if err != nil {
+		return nil, err
+	}
+	ks.Versions[0].Canary = canary
+	return ks, nil
 }
 
-// AddVersion generates, verifies and adds a new pending version. It is
-// not used to encrypt until promoted, so every reader can load it first.
+// AddVersion verifies every readable version, then generates, verifies
+// and adds a new pending version. It is not used to encrypt until
+// promoted, so every reader can load it first.
 func AddVersion(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, now time.Time) (*keyset.Keyset, error) {
+	if err := VerifyReadable(ctx, w, ks); err != nil {
+		return nil, err
+	}
 	n := ks.NextVersion()
-	wk, err := generate(ctx, w, ks.Name, n)
+	wk, canary, err := generate(ctx, w, ks.Name, n)
 	if err != nil {
 		return nil, err
 	}
-	return ks.AddPending(wk.Ciphertext, wk.KEKVersion, now)
+	next, err := ks.AddPending(wk.Ciphertext, wk.KEKVersion, now)
+	if err != nil {
+		return nil, err
+	}
+	next.Versions[len(next.Versions)-1].Canary = canary
+	return next, nil
+}
+
+// Rewrapper is implemented by backends that re-encrypt a wrapped key under
+// the current KEK version inside the KMS (AWS ReEncrypt, Vault rewrap), so
+// the data key never leaves it.
+type Rewrapper interface {
+	Rewrap(ctx context.Context, wrapped kms.WrappedKey, aad []byte) (kms.WrappedKey, error)
+}
+
+// Rewrap re-wraps every readable version not wrapped by currentKEK, and
+// verifies each through its canary. It returns ks itself when nothing
+// needed rewrapping, and the versions it rewrapped.
+func Rewrap(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, currentKEK string) (*keyset.Keyset, []uint32, error) {
+	next := ks.Clone()
+	var done []uint32
+	for i, v := range next.Versions {
+		if !v.State.Readable() || v.KEKVersion == currentKEK {
+			continue
+		}
+		aad := keyset.WrapAAD(ks.Name, v.Version)
+		old := kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}
+		var wk kms.WrappedKey
+		var err error
+		if r, ok := w.(Rewrapper); ok {
+			wk, err = r.Rewrap(ctx, old, aad)
+		} else {
+			var dek []byte
+			if dek, err = w.Unwrap(ctx, old, aad); err == nil {
+				wk, err = w.Wrap(ctx, dek, aad)
+				clear(dek)
+			}
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("rotation: rewrap %s v%d: %w", ks.Name, v.Version, err)
+		}
+		next.Versions[i].WrappedKey, next.Versions[i].KEKVersion = wk.Ciphertext, wk.KEKVersion
+		if err := verifyVersion(ctx, w, ks.Name, next.Versions[i]); err != nil {
+			return nil, nil, err
+		}
+		done = append(done, v.Version)
+	}
+	if len(done) == 0 {
+		return ks, nil, nil
+	}
+	return next, done, next.Validate()
 }
 
 // LatestPending is the highest pending version, or 0.

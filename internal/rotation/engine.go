@@ -1,0 +1,280 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyshift/keyshift/internal/audit"
+	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/xds"
+)
+
+// Distributor pushes documents to readers and reports what they loaded.
+type Distributor interface {
+	Publish(ctx context.Context, ks *keyset.Keyset) error
+	Status(name string, version uint32) xds.AckStatus
+}
+
+// DefaultAckTimeout bounds the wait for ACKs when a policy sets none.
+const DefaultAckTimeout = 5 * time.Minute
+
+// Engine performs one keyset's lifecycle one persisted step at a time, so a
+// crash between steps resumes from the stored document: check the pending
+// version's ACKs and promote it; rewrap under a new KEK version; retire
+// versions past retention; generate a new version when the primary is due.
+type Engine struct {
+	Store   Store
+	KMS     kms.Registry
+	Dist    Distributor // nil when readers only mount the Secret
+	Audit   *audit.Log  // nil disables the trail
+	Metrics *Metrics    // nil disables metrics
+	Log     *slog.Logger
+	// Actor names who acts in audit records.
+	Actor string
+	// Now is the clock (time.Now when nil); tests pass a fake one.
+	Now func() time.Time
+	// MinPendingAge is the least time a pending version waits before
+	// promotion, for readers that only mount the Secret (the kubelet syncs
+	// Secret volumes about once a minute). With every reader on xDS it can
+	// be zero.
+	MinPendingAge time.Duration
+	// Event reports a step to people (Kubernetes Events); may be nil.
+	Event func(keyset string, warning bool, reason, message string)
+
+	mu       sync.Mutex
+	reported map[string]string
+}
+
+// Outcome says what one Reconcile call did.
+type Outcome struct {
+	// Action is "" (nothing due), "add-pending", "promote", "rewrap",
+	// "retire", "waiting" or "blocked".
+	Action   string
+	Versions []uint32
+	Reason   string
+}
+
+// Done reports whether the keyset needs no further step now.
+func (o Outcome) Done() bool {
+	return o.Action == "" || o.Action == "waiting" || o.Action == "blocked"
+}
+
+func (e *Engine) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+// Reconcile performs at most one lifecycle step for keyset name.
+func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
+	ks, rev, err := e.Store.Get(ctx, name)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if e.Dist != nil {
+		if err := e.Dist.Publish(ctx, ks); err != nil {
+			return Outcome{}, err
+		}
+	}
+	e.Metrics.observe(ks, e.now())
+	w, err := e.KMS.Open(ctx, ks.KMS)
+	if err != nil {
+		return e.fail(ks, "open-kms", nil, err)
+	}
+	now := e.now()
+	policy := keyset.Policy{}
+	if ks.Policy != nil {
+		policy = *ks.Policy
+	}
+	if p := LatestPending(ks); p != 0 {
+		return e.stepPending(ctx, ks, rev, p, policy, now)
+	}
+	if st, ok := w.(kms.KEKStatus); ok {
+		cur, err := st.PrimaryKEKVersion(ctx)
+		if err != nil {
+			return e.fail(ks, "kek-status", nil, err)
+		}
+		next, done, err := Rewrap(ctx, w, ks, cur)
+		if err != nil {
+			return e.fail(ks, "rewrap", nil, err)
+		}
+		if len(done) > 0 {
+			return e.commit(ctx, next, rev, "rewrap", done, "KEK version is now "+cur)
+		}
+	}
+	if policy.Retention > 0 {
+		for _, v := range ks.Versions {
+			if v.State == keyset.StateDecryptOnly && now.Sub(v.StateChangedAt) >= time.Duration(policy.Retention) {
+				next, err := ks.Retire(v.Version, now)
+				if err != nil {
+					return e.fail(ks, "retire", []uint32{v.Version}, err)
+				}
+				return e.commit(ctx, next, rev, "retire", []uint32{v.Version}, "decrypt-only for longer than the retention of "+time.Duration(policy.Retention).String())
+			}
+		}
+	}
+	if policy.RotationPeriod > 0 {
+		p := ks.Primary()
+		since := p.CreatedAt
+		if p.PromotedAt != nil {
+			since = *p.PromotedAt
+		}
+		if age := now.Sub(since); age >= time.Duration(policy.RotationPeriod) {
+			return e.addPending(ctx, w, ks, rev, fmt.Sprintf("primary v%d is %s old (rotation period %s)", p.Version, age.Round(time.Second), time.Duration(policy.RotationPeriod)))
+		}
+	}
+	return Outcome{}, nil
+}
+
+// Rotate adds a new pending version now, whatever the schedule says.
+func (e *Engine) Rotate(ctx context.Context, name, reason string) (Outcome, error) {
+	ks, rev, err := e.Store.Get(ctx, name)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if p := LatestPending(ks); p != 0 {
+		return Outcome{Action: "blocked", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d is already pending", p)}, nil
+	}
+	w, err := e.KMS.Open(ctx, ks.KMS)
+	if err != nil {
+		return e.fail(ks, "open-kms", nil, err)
+	}
+	return e.addPending(ctx, w, ks, rev, reason)
+}
+
+func (e *Engine) addPending(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, rev, reason string) (Outcome, error) {
+	next, err := AddVersion(ctx, w, ks, e.now())
+	if err != nil {
+		return e.fail(ks, "generate", []uint32{ks.NextVersion()}, err)
+	}
+	return e.commit(ctx, next, rev, "add-pending", []uint32{next.Latest()}, reason)
+}
+
+func (e *Engine) stepPending(ctx context.Context, ks *keyset.Keyset, rev string, p uint32, policy keyset.Policy, now time.Time) (Outcome, error) {
+	v, _ := ks.Get(p)
+	age := now.Sub(v.CreatedAt)
+	timeout := time.Duration(policy.AckTimeout)
+	if timeout <= 0 {
+		timeout = DefaultAckTimeout
+	}
+	if e.Dist != nil {
+		st := e.Dist.Status(ks.Name, p)
+		e.Metrics.pending(ks.Name, len(st.Waiting)+len(st.NACKs))
+		if len(st.NACKs) > 0 {
+			nodes := make([]string, 0, len(st.NACKs))
+			for n, r := range st.NACKs {
+				nodes = append(nodes, n+": "+r)
+			}
+			sort.Strings(nodes)
+			return e.block(ks, p, "nack", fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; ")))
+		}
+		if !st.AllAcked() {
+			if age > timeout {
+				return e.block(ks, p, "ack-timeout", fmt.Sprintf("not promoting v%d: after %s, %d of %d sidecars have not loaded it (%s)",
+					p, age.Round(time.Second), len(st.Waiting), len(st.Subscribers), strings.Join(st.Waiting, ", ")))
+			}
+			return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("%d of %d sidecars have v%d", len(st.Acked), len(st.Subscribers), p)}, nil
+		}
+	}
+	if age < e.MinPendingAge {
+		return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d pending for %s of at least %s (mounted-file readers)", p, age.Round(time.Second), e.MinPendingAge)}, nil
+	}
+	next, err := ks.Promote(p, now)
+	if err != nil {
+		return e.fail(ks, "promote", []uint32{p}, err)
+	}
+	return e.commit(ctx, next, rev, "promote", []uint32{p}, "every reader has it")
+}
+
+// commit stores next, publishes it and records the step.
+func (e *Engine) commit(ctx context.Context, next *keyset.Keyset, rev, action string, versions []uint32, reason string) (Outcome, error) {
+	if _, err := e.Store.Put(ctx, next, rev); err != nil {
+		return e.fail(next, action, versions, err)
+	}
+	if e.Dist != nil {
+		if err := e.Dist.Publish(ctx, next); err != nil {
+			return Outcome{}, err
+		}
+	}
+	e.record(next.Name, action, versions, "ok", reason, false)
+	e.Metrics.step(next.Name, action)
+	e.Metrics.observe(next, e.now())
+	e.clearReported(next.Name)
+	return Outcome{Action: action, Versions: versions, Reason: reason}, nil
+}
+
+func (e *Engine) fail(ks *keyset.Keyset, step string, versions []uint32, err error) (Outcome, error) {
+	e.record(ks.Name, step, versions, "failed", err.Error(), true)
+	e.Metrics.failure(ks.Name, step, kms.Reason(err))
+	return Outcome{Action: "blocked", Versions: versions, Reason: err.Error()}, err
+}
+
+// block reports a step that cannot go on, once per distinct reason.
+func (e *Engine) block(ks *keyset.Keyset, v uint32, step, reason string) (Outcome, error) {
+	e.mu.Lock()
+	if e.reported == nil {
+		e.reported = map[string]string{}
+	}
+	repeat := e.reported[ks.Name] == reason
+	e.reported[ks.Name] = reason
+	e.mu.Unlock()
+	if !repeat {
+		e.record(ks.Name, step, []uint32{v}, "blocked", reason, true)
+		e.Metrics.failure(ks.Name, step, step)
+	}
+	return Outcome{Action: "blocked", Versions: []uint32{v}, Reason: reason}, nil
+}
+
+func (e *Engine) clearReported(name string) {
+	e.mu.Lock()
+	delete(e.reported, name)
+	e.mu.Unlock()
+}
+
+func (e *Engine) record(name, action string, versions []uint32, result, reason string, warning bool) {
+	log := e.Log.Info
+	if warning {
+		log = e.Log.Warn
+	}
+	log("keyset lifecycle step", "keyset", name, "action", action, "versions", versions, "result", result, "reason", reason)
+	if e.Audit != nil {
+		if _, err := e.Audit.Append(audit.Record{Actor: e.Actor, Action: action, Keyset: name, Versions: versions, Result: result, Reason: reason}); err != nil {
+			e.Log.Error("audit write failed", "keyset", name, "err", err)
+		}
+	}
+	if e.Event != nil {
+		e.Event(name, warning, action, fmt.Sprintf("%s %v: %s (%s)", action, versions, result, reason))
+	}
+}
+
+// ReconcileAll runs steps for every keyset until each is done for now.
+func (e *Engine) ReconcileAll(ctx context.Context) error {
+	names, err := e.Store.List(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range names {
+		for range 10 { // bound the steps per pass
+			out, err := e.Reconcile(ctx, name)
+			if err != nil {
+				if !errors.Is(err, ErrConflict) {
+					errs = append(errs, err)
+				}
+				break
+			}
+			if out.Done() {
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,135 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Client subscribes a sidecar to its keysets over SDS. Each pushed document
+// goes to Apply; the response is ACKed only if every document applied, and
+// NACKed with the error otherwise, so the controller learns which version
+// each sidecar actually serves. The client reconnects with capped,
+// jittered backoff for as long as its context lives; the sidecar keeps
+// serving its current keyring meanwhile.
+type Client struct {
+	// Addr is the controller's xDS address (host:port, or unix:///path).
+	Addr string
+	// NodeID identifies this sidecar (namespace/pod).
+	NodeID string
+	// Keysets are the keyset names to subscribe to.
+	Keysets []string
+	// Apply loads one keyset document; an error NACKs it.
+	Apply func(ctx context.Context, name string, doc []byte) error
+	// Log receives connection events; never documents.
+	Log *slog.Logger
+	// DialOptions replace the default (insecure, for a loopback or mesh-
+	// protected controller address).
+	DialOptions []grpc.DialOption
+	// MinBackoff and MaxBackoff bound reconnect delays (250ms and 30s when zero).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Run subscribes until ctx is done.
+func (c *Client) Run(ctx context.Context) error {
+	if c.NodeID == "" || len(c.Keysets) == 0 || c.Apply == nil {
+		return errors.New("xds: client needs a node id, keysets and an apply function")
+	}
+	minB, maxB := c.MinBackoff, c.MaxBackoff
+	if minB <= 0 {
+		minB = 250 * time.Millisecond
+	}
+	if maxB <= 0 {
+		maxB = 30 * time.Second
+	}
+	opts := c.DialOptions
+	if opts == nil {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(c.Addr, opts...)
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	defer conn.Close()
+	sds := secretservice.NewSecretDiscoveryServiceClient(conn)
+	backoff := minB
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := c.session(ctx, sds)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = minB // the stream was healthy for a while
+		}
+		d := backoff/2 + rand.N(backoff/2+1)
+		c.Log.Warn("xDS stream ended; keeping the current keyring and reconnecting", "addr", c.Addr, "err", err, "retry_in", d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+		backoff = min(backoff*2, maxB)
+	}
+	return nil
+}
+
+func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryServiceClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := sds.StreamSecrets(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(c.Keysets))
+	for i, n := range c.Keysets {
+		names[i] = ResourceName(n)
+	}
+	node := &core.Node{Id: c.NodeID}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: names}
+	if err := st.Send(req); err != nil {
+		return err
+	}
+	c.Log.Info("xDS subscribed", "addr", c.Addr, "node", c.NodeID, "keysets", c.Keysets)
+	acked := ""
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		var errs []string
+		for _, a := range resp.GetResources() {
+			name, doc, err := decode(a)
+			if err == nil {
+				err = c.Apply(ctx, name, doc)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", name, err))
+			}
+		}
+		next := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: names, ResponseNonce: resp.GetNonce()}
+		if len(errs) > 0 {
+			next.VersionInfo = acked
+			next.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: strings.Join(errs, "; ")}
+		} else {
+			acked = resp.GetVersionInfo()
+			next.VersionInfo = acked
+		}
+		if err := st.Send(next); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,291 @@
+// Package xds distributes keyset documents from the controller to sidecars
+// over xDS, as SDS generic-secret resources served by go-control-plane's
+// snapshot cache, and tracks each sidecar's ACK or NACK so the controller
+// knows when a key version is loaded everywhere. It also holds the
+// sidecar's side: a small SDS client that applies each pushed document and
+// ACKs only once the document is in use.
+//
+// Resource names are "keyshift/<keyset>"; the secret's inline bytes are the
+// keyset JSON (wrapped keys only).
+package xds
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/keyshift/keyshift/internal/keyset"
+)
+
+// ResourcePrefix starts every keyset resource name.
+const ResourcePrefix = "keyshift/"
+
+// ResourceName is the xDS resource name of keyset name.
+func ResourceName(name string) string { return ResourcePrefix + name }
+
+// oneGroup puts every node in one snapshot group: all sidecars see the same
+// keysets and pick the ones they need by resource name.
+type oneGroup struct{}
+
+func (oneGroup) ID(*core.Node) string { return "keyshift" }
+
+// Server serves keysets to sidecars and tracks what each has acknowledged.
+type Server struct {
+	cache cachev3.SnapshotCache
+	xds   serverv3.Server
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	docs    map[string]*keyset.Keyset
+	version int
+	streams map[int64]*stream
+	changed chan struct{}
+}
+
+// stream is one sidecar's SDS stream.
+type stream struct {
+	node   string
+	names  map[string]bool
+	sent   map[string]map[string]uint32 // nonce -> keyset -> latest version in it
+	acked  map[string]uint32            // keyset -> latest version ACKed
+	nacked map[string]nack              // keyset -> last NACK
+}
+
+type nack struct {
+	version uint32
+	reason  string
+}
+
+// NewServer returns a Server with an empty snapshot.
+func NewServer(ctx context.Context, log *slog.Logger) *Server {
+	s := &Server{
+		cache:   cachev3.NewSnapshotCache(false, oneGroup{}, nil),
+		log:     log,
+		docs:    map[string]*keyset.Keyset{},
+		streams: map[int64]*stream{},
+		changed: make(chan struct{}),
+	}
+	s.xds = serverv3.NewServer(ctx, s.cache, s)
+	return s
+}
+
+// Register adds the SDS service to a gRPC server.
+func (s *Server) Register(g *grpc.Server) {
+	secretservice.RegisterSecretDiscoveryServiceServer(g, s.xds)
+}
+
+// Publish makes ks the document served for its name. Publishing the same
+// document again is a no-op.
+func (s *Server) Publish(ctx context.Context, ks *keyset.Keyset) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.docs[ks.Name]; ok && sameDoc(old, ks) {
+		return nil
+	}
+	s.docs[ks.Name] = ks.Clone()
+	s.version++
+	var res []types.Resource
+	for name, doc := range s.docs {
+		b, err := doc.Marshal()
+		if err != nil {
+			return fmt.Errorf("xds: publish %s: %w", name, err)
+		}
+		res = append(res, &tlsv3.Secret{
+			Name: ResourceName(name),
+			Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+				Secret: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: b}},
+			}},
+		})
+	}
+	snap, err := cachev3.NewSnapshot(strconv.Itoa(s.version), map[resource.Type][]types.Resource{resource.SecretType: res})
+	if err != nil {
+		return fmt.Errorf("xds: snapshot: %w", err)
+	}
+	if err := s.cache.SetSnapshot(ctx, "keyshift", snap); err != nil {
+		return fmt.Errorf("xds: set snapshot: %w", err)
+	}
+	s.log.Info("keyset published over xDS", "keyset", ks.Name, "latest", ks.Latest(), "primary", ks.Primary().Version, "snapshot", s.version)
+	return nil
+}
+
+func sameDoc(a, b *keyset.Keyset) bool {
+	x, err1 := a.Marshal()
+	y, err2 := b.Marshal()
+	return err1 == nil && err2 == nil && string(x) == string(y)
+}
+
+// AckStatus is what the sidecars reading one keyset have acknowledged.
+type AckStatus struct {
+	// Subscribers are the node IDs with an open stream asking for the keyset.
+	Subscribers []string
+	// Acked are the subscribers that ACKed the version or a later one.
+	Acked []string
+	// Waiting are subscribers that have not answered for the version yet.
+	Waiting []string
+	// NACKs maps subscribers that refused the version to their reason.
+	NACKs map[string]string
+}
+
+// AllAcked reports whether every subscriber has the version.
+func (a AckStatus) AllAcked() bool { return len(a.Waiting) == 0 && len(a.NACKs) == 0 }
+
+// Status reports which subscribers of keyset name hold version or later.
+func (s *Server) Status(name string, version uint32) AckStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := AckStatus{NACKs: map[string]string{}}
+	for _, str := range s.streams {
+		if !str.names[ResourceName(name)] {
+			continue
+		}
+		st.Subscribers = append(st.Subscribers, str.node)
+		switch n, ok := str.nacked[name]; {
+		case str.acked[name] >= version:
+			st.Acked = append(st.Acked, str.node)
+		case ok && n.version >= version:
+			st.NACKs[str.node] = n.reason
+		default:
+			st.Waiting = append(st.Waiting, str.node)
+		}
+	}
+	sort.Strings(st.Subscribers)
+	sort.Strings(st.Acked)
+	sort.Strings(st.Waiting)
+	return st
+}
+
+// Changed returns a channel closed at the next ACK, NACK or stream change,
+// so a waiting controller reacts at once instead of polling.
+func (s *Server) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *Server) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// OnStreamOpen implements the go-control-plane callbacks.
+func (s *Server) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
+	if typeURL != resource.SecretType && typeURL != "" {
+		return fmt.Errorf("xds: only %s is served", resource.SecretType)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams[id] = &stream{names: map[string]bool{}, sent: map[string]map[string]uint32{}, acked: map[string]uint32{}, nacked: map[string]nack{}}
+	return nil
+}
+
+// OnStreamClosed forgets the stream: a departed sidecar no longer blocks promotion.
+func (s *Server) OnStreamClosed(id int64, node *core.Node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.streams, id)
+	s.log.Info("xDS stream closed", "node", node.GetId())
+	s.notify()
+}
+
+// OnStreamRequest records subscriptions and turns ACKs and NACKs into
+// per-node state.
+func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	str, ok := s.streams[id]
+	if !ok {
+		return nil
+	}
+	if n := req.GetNode().GetId(); n != "" {
+		str.node = n
+	}
+	if str.node == "" {
+		return fmt.Errorf("xds: request without node id")
+	}
+	str.names = map[string]bool{}
+	for _, n := range req.GetResourceNames() {
+		str.names[n] = true
+	}
+	if nonce := req.GetResponseNonce(); nonce != "" {
+		sent := str.sent[nonce]
+		for name, v := range sent {
+			if d := req.GetErrorDetail(); d != nil {
+				str.nacked[name] = nack{version: v, reason: d.GetMessage()}
+				s.log.Warn("sidecar refused keyset", "node", str.node, "keyset", name, "version", v, "reason", d.GetMessage())
+			} else if v > str.acked[name] {
+				str.acked[name] = v
+				delete(str.nacked, name)
+			}
+		}
+		delete(str.sent, nonce)
+	}
+	s.notify()
+	return nil
+}
+
+// OnStreamResponse remembers which keyset versions went out under each nonce.
+func (s *Server) OnStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	str, ok := s.streams[id]
+	if !ok {
+		return
+	}
+	m := map[string]uint32{}
+	for _, a := range resp.GetResources() {
+		name, doc, err := decode(a)
+		if err != nil {
+			continue
+		}
+		ks, err := keyset.Parse(doc)
+		if err != nil {
+			continue
+		}
+		m[name] = ks.Latest()
+	}
+	str.sent[resp.GetNonce()] = m
+}
+
+// The remaining callbacks are unused.
+func (s *Server) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error         { return nil }
+func (s *Server) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
+func (s *Server) OnDeltaStreamOpen(context.Context, int64, string) error {
+	return fmt.Errorf("xds: delta xDS is not served; use state-of-the-world SDS")
+}
+func (s *Server) OnDeltaStreamClosed(int64, *core.Node) {}
+func (s *Server) OnStreamDeltaRequest(int64, *discovery.DeltaDiscoveryRequest) error {
+	return nil
+}
+func (s *Server) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {
+}
+
+// decode extracts the keyset name and document from an SDS resource.
+func decode(a *anypb.Any) (name string, doc []byte, err error) {
+	var sec tlsv3.Secret
+	if err := a.UnmarshalTo(&sec); err != nil {
+		return "", nil, fmt.Errorf("xds: resource is not a Secret: %w", err)
+	}
+	if !strings.HasPrefix(sec.GetName(), ResourcePrefix) {
+		return "", nil, fmt.Errorf("xds: resource %q is not a keyshift keyset", sec.GetName())
+	}
+	b := sec.GetGenericSecret().GetSecret().GetInlineBytes()
+	if len(b) == 0 {
+		return "", nil, fmt.Errorf("xds: resource %q carries no inline bytes", sec.GetName())
+	}
+	return strings.TrimPrefix(sec.GetName(), ResourcePrefix), b, nil
+}

@@ -7,27 +7,75 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/rotation/kube"
 )
+
+// docStore is where `keyshift keyset` reads and writes one document.
+type docStore interface {
+	get(ctx context.Context) (*keyset.Keyset, string, error)
+	put(ctx context.Context, ks *keyset.Keyset, rev string) error
+	create(ctx context.Context, ks *keyset.Keyset) error
+}
+
+type fileDoc struct{ path string }
+
+func (f fileDoc) get(context.Context) (*keyset.Keyset, string, error) {
+	ks, err := keyset.ReadFile(f.path)
+	return ks, "", err
+}
+func (f fileDoc) put(_ context.Context, ks *keyset.Keyset, _ string) error {
+	return keyset.WriteFile(f.path, ks)
+}
+func (f fileDoc) create(_ context.Context, ks *keyset.Keyset) error {
+	if _, err := os.Stat(f.path); err == nil {
+		return fmt.Errorf("%s already exists; use rotate to add a version", f.path)
+	}
+	return keyset.WriteFile(f.path, ks)
+}
+
+type secretDoc struct {
+	store *kube.SecretStore
+	key   string
+}
+
+func (s secretDoc) get(ctx context.Context) (*keyset.Keyset, string, error) {
+	return s.store.Get(ctx, s.key)
+}
+func (s secretDoc) put(ctx context.Context, ks *keyset.Keyset, rev string) error {
+	_, err := s.store.Put(ctx, s.key, ks, rev)
+	return err
+}
+func (s secretDoc) create(ctx context.Context, ks *keyset.Keyset) error {
+	return s.store.Create(ctx, s.key, ks)
+}
 
 func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|show --file PATH [flags]")
+		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|show (--file PATH | --secret NAMESPACE/NAME) [flags]")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("keyset "+sub, flag.ContinueOnError)
-	file := fs.String("file", "", "keyset file (required)")
+	file := fs.String("file", "", "keyset file")
+	secret := fs.String("secret", "", "keyset Secret as NAMESPACE/NAME (instead of --file)")
+	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for --secret")
 	var name, kmsURI *string
+	var period, retention, ackTimeout *time.Duration
 	var version *uint
 	switch sub {
 	case "create":
 		name = fs.String("name", "", "keyset name, a DNS-1123 label (required)")
 		kmsURI = fs.String("kms", "", "KMS URI of the KEK, e.g. local:///var/lib/keyshift/kek.json (required)")
+		period = fs.Duration("rotation-period", 0, "controller policy: rotate when the primary is this old (0: manual only)")
+		retention = fs.Duration("retention", 0, "controller policy: disable former primaries after this long (0: keep)")
+		ackTimeout = fs.Duration("ack-timeout", 0, "controller policy: give up promoting after this long without every sidecar's ACK (default 5m)")
 	case "promote":
 		version = fs.Uint("version", 0, "pending version to promote (default: the newest pending)")
 	case "retire":
@@ -40,8 +88,22 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	if *file == "" {
-		fmt.Fprintln(stderr, "--file is required")
+	var store docStore
+	switch {
+	case *file != "" && *secret == "":
+		store = fileDoc{*file}
+	case *secret != "" && *file == "":
+		if !strings.Contains(*secret, "/") {
+			fmt.Fprintln(stderr, "--secret wants NAMESPACE/NAME")
+			return errUsage
+		}
+		c, err := kubeClient(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		store = secretDoc{&kube.SecretStore{Client: c}, *secret}
+	default:
+		fmt.Fprintln(stderr, "give exactly one of --file or --secret")
 		return errUsage
 	}
 	now := time.Now()
@@ -50,8 +112,10 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			fmt.Fprintln(stderr, "--name and --kms are required")
 			return errUsage
 		}
-		if _, err := os.Stat(*file); err == nil {
-			return fmt.Errorf("%s already exists; use rotate to add a version", *file)
+		if *file != "" {
+			if _, err := os.Stat(filepath.Dir(*file)); err != nil {
+				return err
+			}
 		}
 		w, err := providers.Registry().Open(ctx, *kmsURI)
 		if err != nil {
@@ -61,9 +125,15 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if err != nil {
 			return err
 		}
-		return writeAndShow(*file, ks, stdout)
+		if *period != 0 || *retention != 0 || *ackTimeout != 0 {
+			ks.Policy = &keyset.Policy{RotationPeriod: keyset.Duration(*period), Retention: keyset.Duration(*retention), AckTimeout: keyset.Duration(*ackTimeout)}
+		}
+		if err := store.create(ctx, ks); err != nil {
+			return err
+		}
+		return show(ks, stdout)
 	}
-	ks, err := keyset.ReadFile(*file)
+	ks, rev, err := store.get(ctx)
 	if err != nil {
 		return err
 	}
@@ -98,19 +168,18 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			return err
 		}
 	}
-	return writeAndShow(*file, ks, stdout)
-}
-
-func writeAndShow(path string, ks *keyset.Keyset, w io.Writer) error {
-	if err := keyset.WriteFile(path, ks); err != nil {
+	if err := store.put(ctx, ks, rev); err != nil {
 		return err
 	}
-	return show(ks, w)
+	return show(ks, stdout)
 }
 
 // show prints versions and states, never wrapped keys.
 func show(ks *keyset.Keyset, w io.Writer) error {
 	fmt.Fprintf(w, "keyset %s (kms %s)\n", ks.Name, ks.KMS)
+	if p := ks.Policy; p != nil {
+		fmt.Fprintf(w, "  policy: rotate every %s, retain %s, ack timeout %s\n", time.Duration(p.RotationPeriod), time.Duration(p.Retention), time.Duration(p.AckTimeout))
+	}
 	for _, v := range ks.Versions {
 		fmt.Fprintf(w, "  v%-4d %-13s kek %-6s created %s\n", v.Version, v.State, v.KEKVersion, v.CreatedAt.Format(time.RFC3339))
 	}

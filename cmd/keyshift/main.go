@@ -28,7 +28,9 @@ func commands() []command {
 		{"decrypt", "decrypt a base64 ciphertext from stdin through the sidecar", runDecrypt},
 		{"rewrap", "re-seal a base64 ciphertext from stdin under the primary version", runRewrap},
 		{"status", "show the sidecar's keysets and versions", runStatus},
-		{"keyset", "create|rotate|promote|retire|show a keyset file", runKeyset},
+		{"keyset", "create|rotate|promote|retire|show a keyset file or Secret", runKeyset},
+		{"controller", "rotate keysets on schedule and push them to sidecars over xDS", runController},
+		{"audit", "verify the controller's hash-chained audit trail", runAudit},
 		{"demo", "run everything on this machine: sidecar, traffic, live rotation", runDemo},
 	}
 }

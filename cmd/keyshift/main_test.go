@@ -119,13 +119,17 @@ func TestCLIUsageErrors(t *testing.T) {
 	}{
 		{nil, 2, "usage: keyshift"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{[]string{"sidecar", "--keyset", "nopath"}, 2, "want NAME=PATH"},
+		{[]string{"sidecar", "--keyset", "=x"}, 2, "want NAME=PATH"},
+		{[]string{"sidecar", "--keyset", "nopath"}, 1, "keyset nopath has no file and no xDS address"},
 		{[]string{"sidecar", "--keyset", "a=/x", "--allowed-uids", "root"}, 1, "write self, any, or comma-separated"},
 		{[]string{"sidecar", "--keyset", "a=/x", "--socket-mode", "999"}, 1, "octal mode"},
 		{[]string{"sidecar", "--keyset", "a=/x", "--log-level", "loud"}, 1, "write debug, info, warn or error"},
 		{[]string{"keyset", "explode", "--file", "x"}, 2, "unknown subcommand"},
 		{[]string{"keyset", "create", "--file", "/tmp/x.json"}, 2, "--name and --kms are required"},
-		{[]string{"keyset", "create", "--file", "/nonexistent/x.json", "--name", "a", "--kms", "vault://x"}, 1, `unknown URI scheme "vault"`},
+		{[]string{"keyset", "create", "--file", filepath.Join(os.TempDir(), "ks-cli-x.json"), "--name", "a", "--kms", "vault://x"}, 1, `unknown URI scheme "vault"`},
+		{[]string{"keyset", "show"}, 2, "exactly one of --file or --secret"},
+		{[]string{"keyset", "show", "--secret", "noslash"}, 2, "NAMESPACE/NAME"},
+		{[]string{"audit", "verify", "--file", "/nonexistent/audit"}, 1, "no such file"},
 		{[]string{"encrypt", "--context", "novalue"}, 2, "want KEY=VALUE"},
 	}
 	for _, c := range cases {

@@ -20,8 +20,8 @@ type keysetFlags map[string]string
 func (k keysetFlags) String() string { return fmt.Sprint(map[string]string(k)) }
 func (k keysetFlags) Set(v string) error {
 	name, path, ok := strings.Cut(v, "=")
-	if !ok || name == "" || path == "" {
-		return fmt.Errorf("want NAME=PATH, for example payments=/var/run/keyshift/keysets/payments/keyset.json")
+	if name == "" || (ok && path == "") {
+		return fmt.Errorf("want NAME=PATH, for example payments=/var/run/keyshift/keysets/payments/keyset.json, or NAME alone for a keyset that comes over xDS only")
 	}
 	if _, dup := k[name]; dup {
 		return fmt.Errorf("keyset %q given twice", name)
@@ -53,7 +53,9 @@ func parseUIDs(s string) ([]uint32, error) {
 func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	keysets := keysetFlags{}
-	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow (repeat for several)")
+	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow, or NAME for xDS only (repeat for several)")
+	xdsAddr := fs.String("xds-addr", "", "the controller's xDS address (host:port); keysets are then also pushed by the controller")
+	nodeID := fs.String("node-id", nodeIDFromEnv(), "this sidecar's name to the controller (default $POD_NAMESPACE/$POD_NAME)")
 	socket := fs.String("socket", envOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
 	mode := fs.String("socket-mode", "0660", "socket file mode (octal)")
 	uids := fs.String("allowed-uids", "self", "peer UIDs allowed to call: self, any, or a list like 1000,1001")
@@ -80,6 +82,7 @@ func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 	return sidecar.Run(ctx, sidecar.Config{
 		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
 		MetricsAddr: *metrics, KMS: providers.Registry(), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
+		XDSAddr: *xdsAddr, NodeID: *nodeID,
 	})
 }
 
@@ -88,4 +91,12 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+func nodeIDFromEnv() string {
+	ns, pod := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME")
+	if ns != "" && pod != "" {
+		return ns + "/" + pod
+	}
+	return pod
 }

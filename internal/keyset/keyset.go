@@ -236,6 +236,9 @@ func (ks *Keyset) Validate() error {
 	if primaries != 1 {
 		return fmt.Errorf("%w: %s: %d primary versions, want exactly 1", ErrInvalid, ks.Name, primaries)
 	}
+	if p := ks.Policy; p != nil && (p.RotationPeriod < 0 || p.Retention < 0 || p.AckTimeout < 0) {
+		return fmt.Errorf("%w: %s: policy durations must not be negative", ErrInvalid, ks.Name)
+	}
 	return nil
 }
 

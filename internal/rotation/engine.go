@@ -73,9 +73,10 @@ func (e *Engine) now() time.Time {
 	return time.Now()
 }
 
-// Reconcile performs at most one lifecycle step for keyset name.
-func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
-	ks, rev, err := e.Store.Get(ctx, name)
+// Reconcile performs at most one lifecycle step for the keyset stored
+// under key (a file name, or namespace/name of a Secret).
+func (e *Engine) Reconcile(ctx context.Context, key string) (Outcome, error) {
+	ks, rev, err := e.Store.Get(ctx, key)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -95,7 +96,7 @@ func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
 		policy = *ks.Policy
 	}
 	if p := LatestPending(ks); p != 0 {
-		return e.stepPending(ctx, ks, rev, p, policy, now)
+		return e.stepPending(ctx, key, ks, rev, p, policy, now)
 	}
 	if st, ok := w.(kms.KEKStatus); ok {
 		cur, err := st.PrimaryKEKVersion(ctx)
@@ -107,7 +108,7 @@ func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
 			return e.fail(ks, "rewrap", nil, err)
 		}
 		if len(done) > 0 {
-			return e.commit(ctx, next, rev, "rewrap", done, "KEK version is now "+cur)
+			return e.commit(ctx, key, next, rev, "rewrap", done, "KEK version is now "+cur)
 		}
 	}
 	if policy.Retention > 0 {
@@ -117,7 +118,7 @@ func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
 				if err != nil {
 					return e.fail(ks, "retire", []uint32{v.Version}, err)
 				}
-				return e.commit(ctx, next, rev, "retire", []uint32{v.Version}, "decrypt-only for longer than the retention of "+time.Duration(policy.Retention).String())
+				return e.commit(ctx, key, next, rev, "retire", []uint32{v.Version}, "decrypt-only for longer than the retention of "+time.Duration(policy.Retention).String())
 			}
 		}
 	}
@@ -128,15 +129,15 @@ func (e *Engine) Reconcile(ctx context.Context, name string) (Outcome, error) {
 			since = *p.PromotedAt
 		}
 		if age := now.Sub(since); age >= time.Duration(policy.RotationPeriod) {
-			return e.addPending(ctx, w, ks, rev, fmt.Sprintf("primary v%d is %s old (rotation period %s)", p.Version, age.Round(time.Second), time.Duration(policy.RotationPeriod)))
+			return e.addPending(ctx, key, w, ks, rev, fmt.Sprintf("primary v%d is %s old (rotation period %s)", p.Version, age.Round(time.Second), time.Duration(policy.RotationPeriod)))
 		}
 	}
 	return Outcome{}, nil
 }
 
 // Rotate adds a new pending version now, whatever the schedule says.
-func (e *Engine) Rotate(ctx context.Context, name, reason string) (Outcome, error) {
-	ks, rev, err := e.Store.Get(ctx, name)
+func (e *Engine) Rotate(ctx context.Context, key, reason string) (Outcome, error) {
+	ks, rev, err := e.Store.Get(ctx, key)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -147,18 +148,18 @@ func (e *Engine) Rotate(ctx context.Context, name, reason string) (Outcome, erro
 	if err != nil {
 		return e.fail(ks, "open-kms", nil, err)
 	}
-	return e.addPending(ctx, w, ks, rev, reason)
+	return e.addPending(ctx, key, w, ks, rev, reason)
 }
 
-func (e *Engine) addPending(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, rev, reason string) (Outcome, error) {
+func (e *Engine) addPending(ctx context.Context, key string, w kms.Wrapper, ks *keyset.Keyset, rev, reason string) (Outcome, error) {
 	next, err := AddVersion(ctx, w, ks, e.now())
 	if err != nil {
 		return e.fail(ks, "generate", []uint32{ks.NextVersion()}, err)
 	}
-	return e.commit(ctx, next, rev, "add-pending", []uint32{next.Latest()}, reason)
+	return e.commit(ctx, key, next, rev, "add-pending", []uint32{next.Latest()}, reason)
 }
 
-func (e *Engine) stepPending(ctx context.Context, ks *keyset.Keyset, rev string, p uint32, policy keyset.Policy, now time.Time) (Outcome, error) {
+func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset, rev string, p uint32, policy keyset.Policy, now time.Time) (Outcome, error) {
 	v, _ := ks.Get(p)
 	age := now.Sub(v.CreatedAt)
 	timeout := time.Duration(policy.AckTimeout)
@@ -191,12 +192,12 @@ func (e *Engine) stepPending(ctx context.Context, ks *keyset.Keyset, rev string,
 	if err != nil {
 		return e.fail(ks, "promote", []uint32{p}, err)
 	}
-	return e.commit(ctx, next, rev, "promote", []uint32{p}, "every reader has it")
+	return e.commit(ctx, key, next, rev, "promote", []uint32{p}, "every reader has it")
 }
 
 // commit stores next, publishes it and records the step.
-func (e *Engine) commit(ctx context.Context, next *keyset.Keyset, rev, action string, versions []uint32, reason string) (Outcome, error) {
-	if _, err := e.Store.Put(ctx, next, rev); err != nil {
+func (e *Engine) commit(ctx context.Context, key string, next *keyset.Keyset, rev, action string, versions []uint32, reason string) (Outcome, error) {
+	if _, err := e.Store.Put(ctx, key, next, rev); err != nil {
 		return e.fail(next, action, versions, err)
 	}
 	if e.Dist != nil {
@@ -257,14 +258,14 @@ func (e *Engine) record(name, action string, versions []uint32, result, reason s
 
 // ReconcileAll runs steps for every keyset until each is done for now.
 func (e *Engine) ReconcileAll(ctx context.Context) error {
-	names, err := e.Store.List(ctx)
+	keys, err := e.Store.List(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, name := range names {
+	for _, key := range keys {
 		for range 10 { // bound the steps per pass
-			out, err := e.Reconcile(ctx, name)
+			out, err := e.Reconcile(ctx, key)
 			if err != nil {
 				if !errors.Is(err, ErrConflict) {
 					errs = append(errs, err)
@@ -277,4 +278,30 @@ func (e *Engine) ReconcileAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Run reconciles every keyset every interval, and soon after wake fires
+// (an xDS ACK or NACK), until ctx ends.
+func (e *Engine) Run(ctx context.Context, interval time.Duration, wake func() <-chan struct{}) {
+	for {
+		if err := e.ReconcileAll(ctx); err != nil && ctx.Err() == nil {
+			e.Log.Warn("reconcile pass had errors", "err", err)
+		}
+		var w <-chan struct{}
+		if wake != nil {
+			w = wake()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		case <-w:
+			// Let a burst of ACKs from many sidecars settle first.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 }

@@ -210,10 +210,10 @@ func TestConcurrentWritersConflict(t *testing.T) {
 	ks, rev, _ := r.store.Get(ctx, "payments")
 	a, _ := AddVersion(ctx, r.kek, ks, r.now)
 	b, _ := AddVersion(ctx, r.kek, ks, r.now)
-	if _, err := r.store.Put(ctx, a, rev); err != nil {
+	if _, err := r.store.Put(ctx, "payments", a, rev); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.store.Put(ctx, b, rev); err == nil || !strings.Contains(err.Error(), "changed concurrently") {
+	if _, err := r.store.Put(ctx, "payments", b, rev); err == nil || !strings.Contains(err.Error(), "changed concurrently") {
 		t.Fatalf("second writer: %v", err)
 	}
 }
@@ -225,7 +225,7 @@ func TestVerifyCatchesBrokenOlderVersion(t *testing.T) {
 	ks, rev, _ := r.store.Get(ctx, "payments")
 	other, _ := Create(ctx, r.kek, "payments", ks.KMS, r.now)
 	ks.Versions[0].Canary = other.Versions[0].Canary // a canary of a different key
-	if _, err := r.store.Put(ctx, ks, rev); err != nil {
+	if _, err := r.store.Put(ctx, "payments", ks, rev); err != nil {
 		t.Fatal(err)
 	}
 	out, err := r.eng.Rotate(ctx, "payments", "manual")

@@ -15,15 +15,16 @@ import (
 	"github.com/keyshift/keyshift/internal/keyset"
 )
 
-// Store holds keyset documents for the controller. Put is a compare-and-
-// swap on the revision Get returned, so two writers never both win.
+// Store holds keyset documents for the controller under keys (a file
+// name, namespace/name of a Secret). Put is a compare-and-swap on the
+// revision Get returned, so two writers never both win.
 type Store interface {
-	// List names every keyset the controller owns.
+	// List returns the key of every keyset the controller owns.
 	List(ctx context.Context) ([]string, error)
 	// Get returns the document and its revision.
-	Get(ctx context.Context, name string) (*keyset.Keyset, string, error)
+	Get(ctx context.Context, key string) (*keyset.Keyset, string, error)
 	// Put replaces the document if it is still at rev, returning the new revision.
-	Put(ctx context.Context, ks *keyset.Keyset, rev string) (string, error)
+	Put(ctx context.Context, key string, ks *keyset.Keyset, rev string) (string, error)
 }
 
 // ErrConflict: the document changed since it was read; read it again.
@@ -69,15 +70,15 @@ func (f *FileStore) Get(_ context.Context, name string) (*keyset.Keyset, string,
 }
 
 // Put writes the keyset atomically if the file is still at rev.
-func (f *FileStore) Put(ctx context.Context, ks *keyset.Keyset, rev string) (string, error) {
+func (f *FileStore) Put(ctx context.Context, key string, ks *keyset.Keyset, rev string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, cur, err := f.Get(ctx, ks.Name); err == nil && cur != rev {
-		return "", fmt.Errorf("%w: %s", ErrConflict, ks.Name)
+	if _, cur, err := f.Get(ctx, key); err == nil && cur != rev {
+		return "", fmt.Errorf("%w: %s", ErrConflict, key)
 	}
-	if err := keyset.WriteFile(f.path(ks.Name), ks); err != nil {
+	if err := keyset.WriteFile(f.path(key), ks); err != nil {
 		return "", err
 	}
-	_, rev, err := f.Get(ctx, ks.Name)
+	_, rev, err := f.Get(ctx, key)
 	return rev, err
 }

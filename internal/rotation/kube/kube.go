@@ -1,0 +1,247 @@
+// Package kube runs the rotation controller in a Kubernetes cluster:
+// keysets live in Secrets (wrapped keys only, what pods mount), lifecycle
+// steps become Events on those Secrets, and leader election makes sure two
+// replicas never rotate the same keyset twice.
+//
+// A Secret is a keyset when it carries the label keyshift.io/keyset=true
+// and its data key "keyset.json" holds the document (policy included).
+// Annotated Secrets were chosen over a CRD: pods mount the Secret directly,
+// there is no install-order problem, and RBAC stays one resource wide.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/rotation"
+)
+
+// Label marks a Secret as a keyset; DataKey is the document's key in it.
+const (
+	Label   = "keyshift.io/keyset"
+	DataKey = "keyset.json"
+)
+
+// SecretStore is a rotation.Store over Secrets. Keys are "namespace/name";
+// revisions are resourceVersions, so Put is the API server's optimistic
+// concurrency.
+type SecretStore struct {
+	Client kubernetes.Interface
+	// Namespace limits the store to one namespace; "" watches all.
+	Namespace string
+
+	mu    sync.Mutex
+	refs  map[string]*corev1.ObjectReference // keyset name -> Secret, for events
+	names map[string]string                  // keyset name -> key, to refuse duplicates
+}
+
+var _ rotation.Store = (*SecretStore)(nil)
+
+func splitKey(key string) (string, string, error) {
+	ns, name, ok := strings.Cut(key, "/")
+	if !ok || ns == "" || name == "" {
+		return "", "", fmt.Errorf("kube: key %q: write namespace/name", key)
+	}
+	return ns, name, nil
+}
+
+// List returns namespace/name of every labelled Secret.
+func (s *SecretStore) List(ctx context.Context) ([]string, error) {
+	l, err := s.Client.CoreV1().Secrets(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
+	if err != nil {
+		return nil, fmt.Errorf("kube: list keyset Secrets: %w", err)
+	}
+	var keys []string
+	for _, sec := range l.Items {
+		keys = append(keys, sec.Namespace+"/"+sec.Name)
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// Get reads one keyset Secret.
+func (s *SecretStore) Get(ctx context.Context, key string) (*keyset.Keyset, string, error) {
+	ns, name, err := splitKey(key)
+	if err != nil {
+		return nil, "", err
+	}
+	sec, err := s.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("kube: get Secret %s: %w", key, err)
+	}
+	ks, err := keyset.Parse(sec.Data[DataKey])
+	if err != nil {
+		return nil, "", fmt.Errorf("kube: Secret %s: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs == nil {
+		s.refs, s.names = map[string]*corev1.ObjectReference{}, map[string]string{}
+	}
+	if other, ok := s.names[ks.Name]; ok && other != key {
+		return nil, "", fmt.Errorf("kube: Secrets %s and %s both hold keyset %q; keyset names must be unique in the cluster (they are written into every ciphertext)", other, key, ks.Name)
+	}
+	s.names[ks.Name] = key
+	s.refs[ks.Name] = &corev1.ObjectReference{Kind: "Secret", APIVersion: "v1", Namespace: ns, Name: name, UID: sec.UID, ResourceVersion: sec.ResourceVersion}
+	return ks, sec.ResourceVersion, nil
+}
+
+// Put updates the Secret if it is still at rev.
+func (s *SecretStore) Put(ctx context.Context, key string, ks *keyset.Keyset, rev string) (string, error) {
+	ns, name, err := splitKey(key)
+	if err != nil {
+		return "", err
+	}
+	b, err := ks.Marshal()
+	if err != nil {
+		return "", err
+	}
+	sec, err := s.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("kube: get Secret %s: %w", key, err)
+	}
+	if sec.ResourceVersion != rev {
+		return "", fmt.Errorf("%w: Secret %s is at %s, read at %s", rotation.ErrConflict, key, sec.ResourceVersion, rev)
+	}
+	if sec.Data == nil {
+		sec.Data = map[string][]byte{}
+	}
+	sec.Data[DataKey] = b
+	out, err := s.Client.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) {
+		return "", fmt.Errorf("%w: %s", rotation.ErrConflict, key)
+	}
+	if err != nil {
+		return "", fmt.Errorf("kube: update Secret %s: %w", key, err)
+	}
+	return out.ResourceVersion, nil
+}
+
+// Create stores a new keyset Secret (for `keyshift keyset create --secret`).
+func (s *SecretStore) Create(ctx context.Context, key string, ks *keyset.Keyset) error {
+	ns, name, err := splitKey(key)
+	if err != nil {
+		return err
+	}
+	b, err := ks.Marshal()
+	if err != nil {
+		return err
+	}
+	_, err = s.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{Label: "true"}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{DataKey: b},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("kube: create Secret %s: %w", key, err)
+	}
+	return nil
+}
+
+// Events returns an Engine.Event function that records Kubernetes Events
+// on the keyset's Secret, and a stop function.
+func (s *SecretStore) Events(log *slog.Logger) (func(keyset string, warning bool, reason, message string), func()) {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.Client.CoreV1().Events("")})
+	rec := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "keyshift-controller"})
+	return func(name string, warning bool, reason, message string) {
+		s.mu.Lock()
+		ref := s.refs[name]
+		s.mu.Unlock()
+		if ref == nil {
+			log.Warn("no Secret known for keyset; event dropped", "keyset", name)
+			return
+		}
+		t := corev1.EventTypeNormal
+		if warning {
+			t = corev1.EventTypeWarning
+		}
+		rec.Event(ref, t, eventReason(reason), message)
+	}, b.Shutdown
+}
+
+// eventReason turns "add-pending" into "AddPending", the Event convention.
+func eventReason(action string) string {
+	parts := strings.Split(action, "-")
+	for i, p := range parts {
+		if p != "" {
+			parts[i] = strings.ToUpper(p[:1]) + p[1:]
+		}
+	}
+	return strings.Join(parts, "")
+}
+
+// LeaderConfig configures leader election over a Lease.
+type LeaderConfig struct {
+	Namespace, Name, Identity string
+	LeaseDuration             time.Duration
+}
+
+// RunLeader runs lead while this process holds the Lease, and returns when
+// ctx ends or leadership is lost (the process should then exit and restart,
+// as client-go recommends).
+func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, log *slog.Logger, lead func(context.Context)) error {
+	if cfg.Identity == "" {
+		return errors.New("kube: leader election needs an identity (set --identity or POD_NAME)")
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 15 * time.Second
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: cfg.Namespace, Name: cfg.Name},
+		Client:     c.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
+	}
+	lost := make(chan struct{})
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   cfg.LeaseDuration,
+		RenewDeadline:   cfg.LeaseDuration * 2 / 3,
+		RetryPeriod:     cfg.LeaseDuration / 7,
+		ReleaseOnCancel: true,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("became leader", "lease", cfg.Namespace+"/"+cfg.Name, "identity", cfg.Identity)
+				lead(ctx)
+			},
+			OnStoppedLeading: func() {
+				log.Info("stopped leading", "identity", cfg.Identity)
+				close(lost)
+			},
+			OnNewLeader: func(id string) {
+				if id != cfg.Identity {
+					log.Info("another replica leads", "leader", id)
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("kube: leader election: %w", err)
+	}
+	le.Run(ctx)
+	select {
+	case <-lost:
+		if ctx.Err() == nil {
+			return errors.New("kube: leadership lost")
+		}
+	default:
+	}
+	return nil
+}

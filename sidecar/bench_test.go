@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,52 +14,20 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
+	"github.com/keyshift/keyshift/sidecar/loadtest"
 )
-
-// echoServer is the baseline: a bare gRPC server on a Unix socket whose
-// handler returns the request's bytes. It has the same message types and
-// the same transport as the sidecar, and does no crypto, no metrics, no
-// peer checks: the physical limit of this design.
-type echoServer interface {
-	Echo(context.Context, *v1.EncryptRequest) (*v1.EncryptResponse, error)
-}
-
-type echo struct{}
-
-func (echo) Echo(_ context.Context, r *v1.EncryptRequest) (*v1.EncryptResponse, error) {
-	return &v1.EncryptResponse{Ciphertext: r.GetPlaintext(), Keyset: r.GetKeyset()}, nil
-}
-
-var echoDesc = grpc.ServiceDesc{
-	ServiceName: "keyshift.bench.Echo",
-	HandlerType: (*echoServer)(nil),
-	Methods: []grpc.MethodDesc{{
-		MethodName: "Echo",
-		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			in := new(v1.EncryptRequest)
-			if err := dec(in); err != nil {
-				return nil, err
-			}
-			return srv.(echoServer).Echo(ctx, in)
-		},
-	}},
-}
 
 func startEcho(b *testing.B) string {
 	dir, err := os.MkdirTemp("", "ksecho")
 	if err != nil {
 		b.Fatal(err)
 	}
-	path := filepath.Join(dir, "echo.sock")
-	l, err := net.Listen("unix", path)
+	stop, err := loadtest.StartEcho(filepath.Join(dir, "echo.sock"), false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := grpc.NewServer()
-	s.RegisterService(&echoDesc, echo{})
-	go func() { _ = s.Serve(l) }()
-	b.Cleanup(func() { s.Stop(); os.RemoveAll(dir) })
-	return path
+	b.Cleanup(func() { stop(); os.RemoveAll(dir) })
+	return filepath.Join(dir, "echo.sock")
 }
 
 func dialN(b *testing.B, path string, n int) []*grpc.ClientConn {
@@ -132,7 +99,7 @@ func BenchmarkSocket1KiB(b *testing.B) {
 			b.Run("echo", func(b *testing.B) {
 				echoNs = drive(b, clients, echoConns, func(ctx context.Context, c *grpc.ClientConn) error {
 					out := new(v1.EncryptResponse)
-					return c.Invoke(ctx, "/keyshift.bench.Echo/Echo", &v1.EncryptRequest{Keyset: "payments", Plaintext: payload, Context: map[string]string{"tenant": "bench"}}, out)
+					return c.Invoke(ctx, loadtest.EchoMethod, &v1.EncryptRequest{Keyset: "payments", Plaintext: payload, Context: map[string]string{"tenant": "bench"}}, out)
 				})
 			})
 			b.Run("encrypt", func(b *testing.B) {

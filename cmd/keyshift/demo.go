@@ -16,6 +16,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	duration := fs.Duration("duration", 3*time.Second, "how long traffic runs; the rotation happens a third of the way in")
 	size := fs.Int("payload", 1024, "plaintext bytes per request")
 	level := fs.String("log-level", "warn", "sidecar log level")
+	keep := fs.Bool("keep", false, "keep the sidecar serving after the demo (for keyshift bench); use with --dir")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -23,6 +24,6 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	_, err = demo.Run(ctx, demo.Options{Dir: *dir, Clients: *clients, Duration: *duration, PayloadSize: *size, Logger: log}, stdout)
+	_, err = demo.Run(ctx, demo.Options{Dir: *dir, Clients: *clients, Duration: *duration, PayloadSize: *size, Logger: log, Keep: *keep}, stdout)
 	return err
 }

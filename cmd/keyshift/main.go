@@ -32,6 +32,8 @@ func commands() []command {
 		{"controller", "rotate keysets on schedule and push them to sidecars over xDS", runController},
 		{"audit", "verify the controller's hash-chained audit trail", runAudit},
 		{"demo", "run everything on this machine: sidecar, traffic, live rotation", runDemo},
+		{"bench", "load a running sidecar: throughput, latency, errors, RSS/CPU, vs a baseline", runBench},
+		{"bench-echo", "serve the bench baseline on a socket (started by bench)", runBenchEcho},
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/sidecar"
 	"github.com/keyshift/keyshift/sidecar/client"
+	"github.com/keyshift/keyshift/sidecar/loadtest"
 )
 
 // Options tune the demo.
@@ -40,6 +41,9 @@ type Options struct {
 	PayloadSize int
 	// Logger receives the sidecar's logs.
 	Logger *slog.Logger
+	// Keep leaves the sidecar serving after the summary until ctx ends, for
+	// `keyshift bench` or curl against it.
+	Keep bool
 }
 
 // Summary is what the demo measured.
@@ -185,32 +189,13 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Summary, error) {
 	time.Sleep(o.Duration / 3)
 	rotating.Store(true)
 	fmt.Fprintf(out, "  rotate    while traffic flows:\n")
-	next, err := rotation.AddVersion(ctx, kek, ks, time.Now())
+	rt, err := loadtest.FileRotation(ksPath, providers.Registry(), c.API())(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", ErrFailed, err)
 	}
-	t := time.Now()
-	if err := keyset.WriteFile(ksPath, next); err != nil {
-		return nil, err
-	}
-	if err := waitFor(ctx, c, func(primary uint32, versions map[uint32]string) bool { return versions[2] == "pending" }); err != nil {
-		return nil, err
-	}
-	sum.PendingLoaded = time.Since(t)
-	fmt.Fprintf(out, "            v2 generated, verified, added as pending: loaded by the sidecar in %s\n", sum.PendingLoaded.Round(time.Microsecond))
-	promoted, err := next.Promote(2, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	t = time.Now()
-	if err := keyset.WriteFile(ksPath, promoted); err != nil {
-		return nil, err
-	}
-	if err := waitFor(ctx, c, func(primary uint32, _ map[uint32]string) bool { return primary == 2 }); err != nil {
-		return nil, err
-	}
-	sum.PrimaryLoaded = time.Since(t)
-	fmt.Fprintf(out, "            v2 promoted to primary: sidecar encrypting with v2 in %s (v1 now decrypt-only)\n", sum.PrimaryLoaded.Round(time.Microsecond))
+	sum.PendingLoaded, sum.PrimaryLoaded = rt.PendingLoaded, rt.PrimaryLoaded
+	fmt.Fprintf(out, "            v%d generated, verified, added as pending: loaded by the sidecar in %s\n", rt.Version, sum.PendingLoaded.Round(time.Microsecond))
+	fmt.Fprintf(out, "            v%d promoted to primary: sidecar encrypting with it in %s (v1 now decrypt-only)\n", rt.Version, sum.PrimaryLoaded.Round(time.Microsecond))
 	time.Sleep(50 * time.Millisecond) // let in-flight requests of the rotation window finish
 	rotating.Store(false)
 	wg.Wait()
@@ -236,6 +221,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Summary, error) {
 	if sum.Failed != 0 || !sum.OldDecrypts || !sum.NewDecrypts || !sum.RewrapOK {
 		return sum, ErrFailed
 	}
+	if o.Keep {
+		fmt.Fprintf(out, "\nsidecar still serving on %s; Ctrl-C to stop. Try:\n", sock)
+		fmt.Fprintf(out, "  keyshift bench --socket %s --rotate-file %s --rotate-every 2s\n", sock, ksPath)
+		fmt.Fprintf(out, "  curl --unix-socket %s http://keyshift/v1/status\n", sock)
+		<-ctx.Done()
+	}
 	return sum, nil
 }
 
@@ -245,25 +236,6 @@ func versionOf(ct []byte) uint32 {
 		return 0
 	}
 	return h.Version
-}
-
-func waitFor(ctx context.Context, c *client.Client, cond func(primary uint32, versions map[uint32]string) bool) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		st, err := c.Status(ctx)
-		if err == nil && len(st.GetKeysets()) == 1 {
-			ks := st.GetKeysets()[0]
-			vs := map[uint32]string{}
-			for _, v := range ks.GetVersions() {
-				vs[v.GetVersion()] = v.GetState()
-			}
-			if cond(ks.GetPrimary(), vs) {
-				return nil
-			}
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return fmt.Errorf("%w: the sidecar did not pick up the rotation within 10s", ErrFailed)
 }
 
 func printSummary(out io.Writer, s *Summary) {

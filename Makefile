@@ -4,9 +4,11 @@ GO ?= go
 TOOLBIN := $(HOME)/.cache/keyshift/bin
 export PATH := $(TOOLBIN):$(PATH)
 STATICCHECK_VERSION := 2026.1
-FUZZTIME ?= 10s
+FUZZTIME ?= 8s
+# Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
+FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI
 
-.PHONY: all build demo test fuzz lint generate bench tools clean
+.PHONY: all build demo test fuzz fuzz-save lint generate bench tools clean
 
 all: build
 
@@ -17,10 +19,23 @@ build:
 demo:
 	$(GO) run ./cmd/keyshift demo
 
-## test: everything CI runs: unit, integration over real sockets, vectors, fuzz seeds, a short fuzz run.
+## test: everything CI runs: unit, integration over real sockets, vectors, fuzz corpora, a short run of every fuzz target.
 test:
 	$(GO) test -count=1 -race ./...
-	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/envelope
+	$(MAKE) --no-print-directory fuzz
+
+## fuzz: run every fuzz target for FUZZTIME (make fuzz FUZZTIME=5m for a real session).
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+	  $(GO) test -count=1 -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$pkg | tail -2; done
+
+## fuzz-save: keep the inputs the fuzzer found interesting (in the Go cache) under each package's testdata/fuzz, so every go test replays them.
+fuzz-save:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+	  src=$$($(GO) env GOCACHE)/fuzz/github.com/keyshift/keyshift/$$pkg/$$name; \
+	  mkdir -p $$pkg/testdata/fuzz/$$name; cp $$src/* $$pkg/testdata/fuzz/$$name/ 2>/dev/null; \
+	  echo "$$pkg/testdata/fuzz/$$name: $$(ls $$pkg/testdata/fuzz/$$name | wc -l) inputs"; done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./sidecar/ ./internal/envelope/

@@ -354,3 +354,53 @@ func TestXDSRotationUnderCrossPodLoad(t *testing.T) {
 		t.Fatalf("%d requests, %d failed, versions seen %v", ops, fails, versions)
 	}
 }
+
+// A sidecar restarted while its peers rotate: while it is down it does not
+// block promotion (its stream is gone), and when it comes back it loads
+// the current document and reads what its peers wrote meanwhile.
+func TestXDSSidecarRestartDuringRotation(t *testing.T) {
+	ctx := ctxT(t)
+	dir := newXDSKeyset(t)
+	c := startController(t, dir, "")
+	if _, err := c.eng.Reconcile(ctx, "payments"); err != nil {
+		t.Fatal(err)
+	}
+	reg := kms.Registry{local.Scheme: local.Open}
+	a := startXDSSidecar(t, dir, c.addr, "ns/a", reg)
+	b := startXDSSidecar(t, dir, c.addr, "ns/b", reg)
+	// c2 runs under its own context so the test can kill it mid-rotation.
+	c2ctx, kill := context.WithCancel(context.Background())
+	restarting, err := Start(c2ctx, Config{Socket: filepath.Join(dir, "r.sock"), Keysets: map[string]string{"payments": ""},
+		XDSAddr: c.addr, NodeID: "ns/restarting", KMS: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, a, b, restarting)
+	waitUntil(t, func() bool { return len(c.xds.Status("payments", 1).Acked) == 3 }, "three ACKs")
+
+	if _, err := c.eng.Rotate(ctx, "payments", "test"); err != nil {
+		t.Fatal(err)
+	}
+	kill()
+	restarting.Wait()
+	waitUntil(t, func() bool {
+		out, _ := c.eng.Reconcile(ctx, "payments")
+		return out.Action == "promote"
+	}, "promotion with the restarting sidecar away")
+	waitUntil(t, func() bool { p, _ := a.Service().Primary("payments"); return p == 2 }, "a encrypts with v2")
+	written, err := a.Service().Encrypt(ctx, "payments", []byte("while you were away"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := startXDSSidecar(t, dir, c.addr, "ns/restarting", reg)
+	waitReady(t, back)
+	waitUntil(t, func() bool { return loaded(back, 2) }, "restarted sidecar loads v2")
+	pt, err := back.Service().Decrypt(ctx, written.Ciphertext, nil)
+	if err != nil || string(pt.Plaintext) != "while you were away" {
+		t.Fatalf("restarted sidecar cannot read a peer's v2 ciphertext: %v", err)
+	}
+	waitUntil(t, func() bool {
+		st := c.xds.Status("payments", 2)
+		return st.AllAcked() && len(st.Subscribers) == 3
+	}, "all three subscribed and ACKed v2 after the restart")
+}

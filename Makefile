@@ -8,12 +8,17 @@ FUZZTIME ?= 8s
 # Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
 FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI
 
-.PHONY: all build demo test fuzz fuzz-save lint generate bench tools clean
+.PHONY: all build figures demo test fuzz fuzz-save lint generate bench tools clean
 
 all: build
 
 build:
 	$(GO) build -o bin/keyshift ./cmd/keyshift
+	$(GO) build -o bin/keyshift-sidecar ./cmd/keyshift-sidecar
+
+## figures: measure the README's footprint and throughput figures and draw docs/latency-rotations.png.
+figures:
+	scripts/figures.sh
 
 ## demo: sidecar up, encrypt, rotate live, decrypt old and new (local KMS, no cluster).
 demo:

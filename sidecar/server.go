@@ -27,7 +27,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
-	"github.com/keyshift/keyshift/internal/xds"
+	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
@@ -181,7 +181,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		run(func() { _ = ms.Serve(metricsL) })
 	}
 	if cfg.XDSAddr != "" {
-		xc := &xds.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log}
+		xc := &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log}
 		run(func() { _ = xc.Run(ctx) })
 	}
 	for _, name := range names {

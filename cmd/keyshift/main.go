@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +13,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keyshift/keyshift/cmd/internal/clikit"
+	"github.com/keyshift/keyshift/cmd/internal/sidecarcmd"
 )
 
 type command struct {
@@ -23,7 +25,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"sidecar", "serve the crypto API on a Unix socket for one pod", runSidecar},
+		{"sidecar", "serve the crypto API on a Unix socket for one pod", sidecarcmd.Run},
 		{"encrypt", "encrypt stdin through the sidecar; prints base64 ciphertext", runEncrypt},
 		{"decrypt", "decrypt a base64 ciphertext from stdin through the sidecar", runDecrypt},
 		{"rewrap", "re-seal a base64 ciphertext from stdin under the primary version", runRewrap},
@@ -61,18 +63,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			err := c.run(ctx, args[1:], stdin, stdout, stderr)
-			switch {
-			case err == nil:
-				return 0
-			case errors.Is(err, flag.ErrHelp):
-				return 0
-			case errors.Is(err, errUsage):
-				return 2
-			default:
-				fmt.Fprintf(stderr, "keyshift %s: %v\n", c.name, err)
-				return 1
-			}
+			return clikit.Exit("keyshift "+c.name, c.run(ctx, args[1:], stdin, stdout, stderr), stderr)
 		}
 	}
 	fmt.Fprintf(stderr, "keyshift: unknown command %q\n\n", args[0])
@@ -81,35 +72,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 // errUsage: flags were wrong; the flag package already said how.
-var errUsage = errors.New("usage")
+var errUsage = clikit.ErrUsage
 
 func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %v\n", fs.Args())
-		return errUsage
-	}
-	return nil
+	return clikit.Parse(fs, args, stderr)
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: write debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	default:
-		return nil, fmt.Errorf("--log-format %q: write json or text", format)
-	}
+	return clikit.NewLogger(w, level, format)
 }
+
+func envOr(name, def string) string { return clikit.EnvOr(name, def) }

@@ -1,9 +1,8 @@
-// Package xds distributes keyset documents from the controller to sidecars
-// over xDS, as SDS generic-secret resources served by go-control-plane's
-// snapshot cache, and tracks each sidecar's ACK or NACK so the controller
-// knows when a key version is loaded everywhere. It also holds the
-// sidecar's side: a small SDS client that applies each pushed document and
-// ACKs only once the document is in use.
+// Package xds is the controller's side of keyset distribution: it serves
+// keyset documents to sidecars over xDS, as SDS generic-secret resources
+// from go-control-plane's snapshot cache, and tracks each sidecar's ACK or
+// NACK so the controller knows when a key version is loaded everywhere.
+// The sidecar's side is package xdsclient.
 //
 // Resource names are "keyshift/<keyset>"; the secret's inline bytes are the
 // keyset JSON (wrapped keys only).
@@ -15,7 +14,6 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -27,16 +25,13 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 )
 
-// ResourcePrefix starts every keyset resource name.
-const ResourcePrefix = "keyshift/"
-
 // ResourceName is the xDS resource name of keyset name.
-func ResourceName(name string) string { return ResourcePrefix + name }
+func ResourceName(name string) string { return xdsclient.ResourceName(name) }
 
 // oneGroup puts every node in one snapshot group: all sidecars see the same
 // keysets and pick the ones they need by resource name.
@@ -248,7 +243,7 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, _ *discovery.Disc
 	}
 	m := map[string]uint32{}
 	for _, a := range resp.GetResources() {
-		name, doc, err := decode(a)
+		name, doc, err := xdsclient.Decode(a)
 		if err != nil {
 			continue
 		}
@@ -272,20 +267,4 @@ func (s *Server) OnStreamDeltaRequest(int64, *discovery.DeltaDiscoveryRequest) e
 	return nil
 }
 func (s *Server) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {
-}
-
-// decode extracts the keyset name and document from an SDS resource.
-func decode(a *anypb.Any) (name string, doc []byte, err error) {
-	var sec tlsv3.Secret
-	if err := a.UnmarshalTo(&sec); err != nil {
-		return "", nil, fmt.Errorf("xds: resource is not a Secret: %w", err)
-	}
-	if !strings.HasPrefix(sec.GetName(), ResourcePrefix) {
-		return "", nil, fmt.Errorf("xds: resource %q is not a keyshift keyset", sec.GetName())
-	}
-	b := sec.GetGenericSecret().GetSecret().GetInlineBytes()
-	if len(b) == 0 {
-		return "", nil, fmt.Errorf("xds: resource %q carries no inline bytes", sec.GetName())
-	}
-	return strings.TrimPrefix(sec.GetName(), ResourcePrefix), b, nil
 }

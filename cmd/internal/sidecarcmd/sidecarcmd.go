@@ -1,4 +1,6 @@
-package main
+// Package sidecarcmd is the sidecar's command line, shared by `keyshift
+// sidecar` and the lean `keyshift-sidecar` binary that pods run.
+package sidecarcmd
 
 import (
 	"context"
@@ -10,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/sidecar"
 )
@@ -30,9 +33,9 @@ func (k keysetFlags) Set(v string) error {
 	return nil
 }
 
-// parseUIDs reads --allowed-uids: "self" (the sidecar's own UID), "any"
+// ParseUIDs reads --allowed-uids: "self" (the sidecar's own UID), "any"
 // (no check: the socket's file mode decides) or a comma-separated list.
-func parseUIDs(s string) ([]uint32, error) {
+func ParseUIDs(s string) ([]uint32, error) {
 	switch s {
 	case "self":
 		return []uint32{uint32(os.Getuid())}, nil
@@ -50,13 +53,14 @@ func parseUIDs(s string) ([]uint32, error) {
 	return out, nil
 }
 
-func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+// Run parses the sidecar's flags and serves until ctx ends.
+func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	keysets := keysetFlags{}
 	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow, or NAME for xDS only (repeat for several)")
 	xdsAddr := fs.String("xds-addr", "", "the controller's xDS address (host:port); keysets are then also pushed by the controller")
 	nodeID := fs.String("node-id", nodeIDFromEnv(), "this sidecar's name to the controller (default $POD_NAMESPACE/$POD_NAME)")
-	socket := fs.String("socket", envOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
+	socket := fs.String("socket", clikit.EnvOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
 	mode := fs.String("socket-mode", "0660", "socket file mode (octal)")
 	uids := fs.String("allowed-uids", "self", "peer UIDs allowed to call: self, any, or a list like 1000,1001")
 	metrics := fs.String("metrics-addr", "127.0.0.1:9495", "address for /livez, /readyz and /metrics (empty disables)")
@@ -64,10 +68,10 @@ func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "json", "json or text")
-	if err := parse(fs, args, stderr); err != nil {
+	if err := clikit.Parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := clikit.NewLogger(stderr, *level, *format)
 	if err != nil {
 		return err
 	}
@@ -75,7 +79,7 @@ func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 	if err != nil || m > 0o777 {
 		return fmt.Errorf("--socket-mode %q: write an octal mode like 0660", *mode)
 	}
-	allowed, err := parseUIDs(*uids)
+	allowed, err := ParseUIDs(*uids)
 	if err != nil {
 		return err
 	}
@@ -84,13 +88,6 @@ func runSidecar(ctx context.Context, args []string, _ io.Reader, _, stderr io.Wr
 		MetricsAddr: *metrics, KMS: providers.Registry(), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
 		XDSAddr: *xdsAddr, NodeID: *nodeID,
 	})
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
 
 func nodeIDFromEnv() string {

@@ -1,4 +1,8 @@
-package xds
+// Package xdsclient is the sidecar's side of keyset distribution: a small
+// state-of-the-world SDS client that applies each pushed keyset document
+// and ACKs only once it is in use. It imports only the few Envoy protos it
+// speaks, not go-control-plane's server, to keep the sidecar small.
+package xdsclient
 
 import (
 	"context"
@@ -10,13 +14,14 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Client subscribes a sidecar to its keysets over SDS. Each pushed document
@@ -99,7 +104,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 		names[i] = ResourceName(n)
 	}
 	node := &core.Node{Id: c.NodeID}
-	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: names}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: SecretType, ResourceNames: names}
 	if err := st.Send(req); err != nil {
 		return err
 	}
@@ -112,7 +117,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 		}
 		var errs []string
 		for _, a := range resp.GetResources() {
-			name, doc, err := decode(a)
+			name, doc, err := Decode(a)
 			if err == nil {
 				err = c.Apply(ctx, name, doc)
 			}
@@ -120,7 +125,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 				errs = append(errs, fmt.Sprintf("%s: %v", name, err))
 			}
 		}
-		next := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.SecretType, ResourceNames: names, ResponseNonce: resp.GetNonce()}
+		next := &discovery.DiscoveryRequest{Node: node, TypeUrl: SecretType, ResourceNames: names, ResponseNonce: resp.GetNonce()}
 		if len(errs) > 0 {
 			next.VersionInfo = acked
 			next.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: strings.Join(errs, "; ")}
@@ -132,4 +137,29 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 			return err
 		}
 	}
+}
+
+// SecretType is the SDS type URL keysets travel as.
+const SecretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+// ResourcePrefix starts every keyset resource name.
+const ResourcePrefix = "keyshift/"
+
+// ResourceName is the xDS resource name of keyset name.
+func ResourceName(name string) string { return ResourcePrefix + name }
+
+// Decode extracts the keyset name and document from an SDS resource.
+func Decode(a *anypb.Any) (name string, doc []byte, err error) {
+	var sec tlsv3.Secret
+	if err := a.UnmarshalTo(&sec); err != nil {
+		return "", nil, fmt.Errorf("xds: resource is not a Secret: %w", err)
+	}
+	if !strings.HasPrefix(sec.GetName(), ResourcePrefix) {
+		return "", nil, fmt.Errorf("xds: resource %q is not a keyshift keyset", sec.GetName())
+	}
+	b := sec.GetGenericSecret().GetSecret().GetInlineBytes()
+	if len(b) == 0 {
+		return "", nil, fmt.Errorf("xds: resource %q carries no inline bytes", sec.GetName())
+	}
+	return strings.TrimPrefix(sec.GetName(), ResourcePrefix), b, nil
 }

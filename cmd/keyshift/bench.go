@@ -80,7 +80,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 			return err
 		}
 		defer c.Close()
-		o.RotateEvery, o.Rotate = *rotateEvery, loadtest.FileRotation(*rotateFile, providers.Registry(), c.API())
+		o.RotateEvery, o.Rotate = *rotateEvery, loadtest.FileRotation(*rotateFile, providers.Registry(nil), c.API())
 	}
 	rep, err := loadtest.Run(ctx, o)
 	if err != nil {

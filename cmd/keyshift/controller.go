@@ -62,7 +62,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	eng := &rotation.Engine{KMS: providers.Registry(), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg)}
+	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg)}
 	var client kubernetes.Interface
 	if *dir != "" {
 		eng.Store = &rotation.FileStore{Dir: *dir}

@@ -117,7 +117,7 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 				return err
 			}
 		}
-		w, err := providers.Registry().Open(ctx, *kmsURI)
+		w, err := providers.Registry(nil).Open(ctx, *kmsURI)
 		if err != nil {
 			return err
 		}
@@ -141,7 +141,7 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	case "show":
 		return show(ks, stdout)
 	case "rotate":
-		w, err := providers.Registry().Open(ctx, ks.KMS)
+		w, err := providers.Registry(nil).Open(ctx, ks.KMS)
 		if err != nil {
 			return err
 		}

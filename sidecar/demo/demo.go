@@ -103,7 +103,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Summary, error) {
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	srv, err := sidecar.Start(sctx, sidecar.Config{
-		Socket: sock, Keysets: map[string]string{"demo": ksPath}, KMS: providers.Registry(),
+		Socket: sock, Keysets: map[string]string{"demo": ksPath}, KMS: providers.Registry(o.Logger),
 		Logger: o.Logger, AllowedUIDs: []uint32{uint32(os.Getuid())},
 	})
 	if err != nil {
@@ -189,7 +189,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Summary, error) {
 	time.Sleep(o.Duration / 3)
 	rotating.Store(true)
 	fmt.Fprintf(out, "  rotate    while traffic flows:\n")
-	rt, err := loadtest.FileRotation(ksPath, providers.Registry(), c.API())(ctx)
+	rt, err := loadtest.FileRotation(ksPath, providers.Registry(nil), c.API())(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrFailed, err)
 	}

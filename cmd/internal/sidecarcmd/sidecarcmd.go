@@ -85,7 +85,7 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	}
 	return sidecar.Run(ctx, sidecar.Config{
 		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
-		MetricsAddr: *metrics, KMS: providers.Registry(), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
+		MetricsAddr: *metrics, KMS: providers.Registry(log), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
 		XDSAddr: *xdsAddr, NodeID: *nodeID,
 	})
 }

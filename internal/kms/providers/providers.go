@@ -3,13 +3,21 @@
 package providers
 
 import (
+	"log/slog"
+
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
+	"github.com/keyshift/keyshift/internal/kms/vault"
 )
 
 // Registry returns a new registry of every backend, keyed by URI scheme.
-func Registry() kms.Registry {
+// Backends log through log (nil discards).
+func Registry(log *slog.Logger) kms.Registry {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return kms.Registry{
 		local.Scheme: local.Open,
+		vault.Scheme: vault.Opener(log),
 	}
 }

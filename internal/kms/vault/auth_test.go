@@ -143,24 +143,24 @@ func TestKubernetesAuth(t *testing.T) {
 	t.Cleanup(k8s.Close)
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k8s.Certificate().Raw})
 
-	s.writePolicy()
-	if err := s.rootClient().Sys().EnableAuthWithOptions("k8s-prod", &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
+	s.WritePolicy()
+	if err := s.RootClient().Sys().EnableAuthWithOptions("k8s-prod", &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
 		t.Fatal(err)
 	}
-	s.write("auth/k8s-prod/config", map[string]any{
+	s.Write("auth/k8s-prod/config", map[string]any{
 		"kubernetes_host":      k8s.URL,
 		"token_reviewer_jwt":   api.reviewer,
 		"kubernetes_ca_cert":   string(caPEM),
 		"disable_local_ca_jwt": true,
 	})
-	s.write("auth/k8s-prod/role/keyshift", map[string]any{
+	s.Write("auth/k8s-prod/role/keyshift", map[string]any{
 		"bound_service_account_names":      "keyshift",
 		"bound_service_account_namespaces": "payments",
 		"token_policies":                   "keyshift",
 		"token_ttl":                        "4s",
 		"token_max_ttl":                    "8s",
 	})
-	s.createKey("app", true)
+	s.CreateKey("app", true)
 	jwtFile := writeFile(t, jwt+"\n")
 
 	t.Run("login, use, renew and log in again", func(t *testing.T) {
@@ -203,7 +203,7 @@ func TestKubernetesAuth(t *testing.T) {
 		before := len(api.seen())
 		_, err := c.PrimaryKEKVersion(ctx)
 		wantKind(t, err, nil)
-		if err := s.rootClient().Auth().Token().RevokeOrphan(c.api.Token()); err != nil {
+		if err := s.RootClient().Auth().Token().RevokeOrphan(c.api.Token()); err != nil {
 			t.Fatal(err)
 		}
 		_, err = c.PrimaryKEKVersion(ctx)

@@ -59,12 +59,12 @@ func wantKind(t *testing.T, err, kind error) {
 
 func TestTransitAgainstVault(t *testing.T) {
 	s := startVault(t)
-	token := s.tokenWithPolicy("1h")
+	token := s.TokenWithPolicy("1h")
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			ctx := testContext(t)
 			key := "kek-" + m.name
-			s.createKey(key, m.derived)
+			s.CreateKey(key, m.derived)
 			c := newTestClient(t, s, key, WithToken(token))
 			aad := []byte("keyset=payments;version=7")
 
@@ -186,7 +186,7 @@ func TestTransitAgainstVault(t *testing.T) {
 
 			t.Run("rotate rewrap and retire", func(t *testing.T) {
 				rkey := key + "-rot"
-				s.createKey(rkey, m.derived)
+				s.CreateKey(rkey, m.derived)
 				c := newTestClient(t, s, rkey, WithToken(token))
 				dek := randomDEK(t)
 				old, err := c.Wrap(ctx, dek, aad)
@@ -219,7 +219,7 @@ func TestTransitAgainstVault(t *testing.T) {
 				_, err = c.Rewrap(ctx, old, []byte("wrong"))
 				wantKind(t, err, kms.ErrCorrupt)
 
-				s.write("transit/keys/"+rkey+"/config", map[string]any{"min_decryption_version": 2})
+				s.Write("transit/keys/"+rkey+"/config", map[string]any{"min_decryption_version": 2})
 				info, err := c.KeyInfo(ctx)
 				wantKind(t, err, nil)
 				wantInfo := KeyInfo{Name: rkey, Type: "aes256-gcm96", Derived: m.derived, LatestVersion: 2, MinDecryptionVersion: 2}
@@ -245,9 +245,9 @@ func TestTransitAgainstVault(t *testing.T) {
 func TestUserInducedErrors(t *testing.T) {
 	s := startVault(t)
 	ctx := testContext(t)
-	token := s.tokenWithPolicy("1h")
-	s.createKey("app", true)
-	s.write("transit/keys/rsa", map[string]any{"type": "rsa-2048"})
+	token := s.TokenWithPolicy("1h")
+	s.CreateKey("app", true)
+	s.Write("transit/keys/rsa", map[string]any{"type": "rsa-2048"})
 	dek := randomDEK(t)
 	good, err := newTestClient(t, s, "app", WithToken(token)).Wrap(ctx, dek, nil)
 	wantKind(t, err, nil)
@@ -288,11 +288,11 @@ func TestUserInducedErrors(t *testing.T) {
 		c := newTestClient(t, s, "app", WithTokenFile(path))
 		w, err := c.Wrap(ctx, dek, nil)
 		wantKind(t, err, nil)
-		fresh := s.tokenWithPolicy("1h")
+		fresh := s.TokenWithPolicy("1h")
 		if err := os.WriteFile(path, []byte(fresh), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.rootClient().Auth().Token().RevokeOrphan(token); err != nil {
+		if err := s.RootClient().Auth().Token().RevokeOrphan(token); err != nil {
 			t.Fatal(err)
 		}
 		got, err := c.Unwrap(ctx, w, nil)
@@ -306,7 +306,7 @@ func TestUserInducedErrors(t *testing.T) {
 	})
 
 	t.Run("missing key is not created by Wrap", func(t *testing.T) {
-		sec, err := s.rootClient().Logical().Read("transit/keys/nokey")
+		sec, err := s.RootClient().Logical().Read("transit/keys/nokey")
 		if err != nil || sec != nil {
 			t.Errorf("transit/keys/nokey after failed Wraps: %v, %v; want no key", sec, err)
 		}
@@ -316,7 +316,7 @@ func TestUserInducedErrors(t *testing.T) {
 func TestServerKilledAndRestarted(t *testing.T) {
 	s := startVault(t)
 	ctx := testContext(t)
-	s.createKey("app", true)
+	s.CreateKey("app", true)
 	var retries []RetryEvent
 	c := newTestClient(t, s, "app", WithToken(rootToken), WithTimeout(500*time.Millisecond),
 		WithRetry(RetryPolicy{MaxAttempts: 3, BaseDelay: 50 * time.Millisecond, MaxDelay: 200 * time.Millisecond,
@@ -326,8 +326,8 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	wantKind(t, err, nil)
 
 	t.Run("stopped process times out", func(t *testing.T) {
-		s.signal(syscall.SIGSTOP)
-		defer s.signal(syscall.SIGCONT)
+		s.Signal(syscall.SIGSTOP)
+		defer s.Signal(syscall.SIGCONT)
 		retries = nil
 		start := time.Now()
 		_, err := c.Unwrap(ctx, w, nil)
@@ -351,7 +351,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 		if diff := cmp.Diff(dek, got); diff != "" {
 			t.Fatalf("unwrap after SIGCONT (-want +got):\n%s", diff)
 		}
-		s.kill()
+		s.Kill()
 		start := time.Now()
 		_, err = c.Unwrap(ctx, w, nil)
 		wantKind(t, err, kms.ErrUnavailable)
@@ -364,10 +364,10 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	})
 
 	t.Run("restarted server works once the key is recreated", func(t *testing.T) {
-		s.restart() // dev mode keeps nothing: the key and its old ciphertexts are gone
+		s.Restart() // dev mode keeps nothing: the key and its old ciphertexts are gone
 		_, err := c.Unwrap(ctx, w, nil)
 		wantKind(t, err, kms.ErrUserInduced)
-		s.createKey("app", true)
+		s.CreateKey("app", true)
 		w2, err := c.Wrap(ctx, dek, nil)
 		wantKind(t, err, nil)
 		got, err := c.Unwrap(ctx, w2, nil)
@@ -384,8 +384,8 @@ func TestServerKilledAndRestarted(t *testing.T) {
 func TestLogsHoldNoSecrets(t *testing.T) {
 	s := startVault(t)
 	ctx := testContext(t)
-	token := s.tokenWithPolicy("1h")
-	s.createKey("app", true)
+	token := s.TokenWithPolicy("1h")
+	s.CreateKey("app", true)
 	var logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := newTestClient(t, s, "app", WithToken(token), WithLogger(log))

@@ -6,15 +6,31 @@ export PATH := $(TOOLBIN):$(PATH)
 STATICCHECK_VERSION := 2026.1
 FUZZTIME ?= 8s
 # Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
-FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI
+FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI injector:FuzzParseAnnotations injector:FuzzHandler
 
-.PHONY: all build figures demo test fuzz fuzz-save lint generate bench tools clean
+.PHONY: all build figures e2e kube-binaries image demo test fuzz fuzz-save lint generate bench tools clean
 
 all: build
 
 build:
 	$(GO) build -o bin/keyshift ./cmd/keyshift
 	$(GO) build -o bin/keyshift-sidecar ./cmd/keyshift-sidecar
+
+## e2e: the injector and controller against a real kube-apiserver + etcd (fails, saying how, without the binaries: make kube-binaries).
+e2e:
+	$(GO) test -tags e2e -count=1 -v ./test/e2e/
+
+## kube-binaries: build kube-apiserver, etcd and kustomize into ~/.cache/keyshift/bin (~25 min cold on 2 cores, cached after).
+kube-binaries:
+	./scripts/kube-apiserver-build.sh
+
+IMAGE ?= keyshift/keyshift:dev
+CONTAINER_TOOL ?= docker
+RUNTIME_IMAGE ?= scratch
+
+## image: the keyshift image (static binaries, non-root). Set RUNTIME_IMAGE to your mirror of a distroless static:nonroot image to use it.
+image:
+	$(CONTAINER_TOOL) build --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) -t $(IMAGE) .
 
 ## figures: measure the README's footprint and throughput figures and draw docs/latency-rotations.png.
 figures:

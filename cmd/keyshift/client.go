@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 
@@ -81,6 +82,30 @@ func (f *clientFlags) writeCiphertext(w io.Writer, ct []byte) error {
 	return err
 }
 
+// call dials the sidecar and runs f under the --timeout.
+func (f *clientFlags) call(ctx context.Context, fn func(context.Context, *client.Client) error) error {
+	c, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
+	defer cancel()
+	return fn(ctx, c)
+}
+
+// cipherCommand parses a command's client flags and reads a ciphertext
+// from stdin, for decrypt and rewrap.
+func cipherCommand(name string, args []string, stdin io.Reader, stderr io.Writer) (*clientFlags, []byte, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	f := addClientFlags(fs, false)
+	if err := parse(fs, args, stderr); err != nil {
+		return nil, nil, err
+	}
+	ct, err := f.readCiphertext(stdin)
+	return f, ct, err
+}
+
 func runEncrypt(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("encrypt", flag.ContinueOnError)
 	f := addClientFlags(fs, true)
@@ -91,67 +116,42 @@ func runEncrypt(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	c, err := f.dial()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
-	defer cancel()
-	ct, err := c.Encrypt(ctx, pt, f.context)
-	if err != nil {
-		return err
-	}
-	return f.writeCiphertext(stdout, ct)
+	return f.call(ctx, func(ctx context.Context, c *client.Client) error {
+		ct, err := c.Encrypt(ctx, pt, f.context)
+		if err != nil {
+			return err
+		}
+		return f.writeCiphertext(stdout, ct)
+	})
 }
 
 func runDecrypt(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("decrypt", flag.ContinueOnError)
-	f := addClientFlags(fs, false)
-	if err := parse(fs, args, stderr); err != nil {
-		return err
-	}
-	ct, err := f.readCiphertext(stdin)
+	f, ct, err := cipherCommand("decrypt", args, stdin, stderr)
 	if err != nil {
 		return err
 	}
-	c, err := f.dial()
-	if err != nil {
+	return f.call(ctx, func(ctx context.Context, c *client.Client) error {
+		pt, err := c.Decrypt(ctx, ct, f.context)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(pt)
 		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
-	defer cancel()
-	pt, err := c.Decrypt(ctx, ct, f.context)
-	if err != nil {
-		return err
-	}
-	_, err = stdout.Write(pt)
-	return err
+	})
 }
 
 func runRewrap(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("rewrap", flag.ContinueOnError)
-	f := addClientFlags(fs, false)
-	if err := parse(fs, args, stderr); err != nil {
-		return err
-	}
-	ct, err := f.readCiphertext(stdin)
+	f, ct, err := cipherCommand("rewrap", args, stdin, stderr)
 	if err != nil {
 		return err
 	}
-	c, err := f.dial()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
-	defer cancel()
-	out, _, err := c.Rewrap(ctx, ct, f.context)
-	if err != nil {
-		return err
-	}
-	return f.writeCiphertext(stdout, out)
+	return f.call(ctx, func(ctx context.Context, c *client.Client) error {
+		out, _, err := c.Rewrap(ctx, ct, f.context)
+		if err != nil {
+			return err
+		}
+		return f.writeCiphertext(stdout, out)
+	})
 }
 
 func runStatus(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
@@ -161,15 +161,11 @@ func runStatus(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	c, err := f.dial()
-	if err != nil {
+	var st *v1.StatusResponse
+	if err := f.call(ctx, func(ctx context.Context, c *client.Client) (err error) {
+		st, err = c.Status(ctx)
 		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
-	defer cancel()
-	st, err := c.Status(ctx)
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	b, err := protojson.Marshal(st)

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/audit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
@@ -52,12 +53,11 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	leaderElect := fs.Bool("leader-elect", true, "with Secrets: hold a Lease so only one replica acts")
 	leaseNS := fs.String("lease-namespace", envOr("POD_NAMESPACE", "keyshift-system"), "namespace of the leader-election Lease")
 	identity := fs.String("identity", envOr("POD_NAME", hostname()), "this replica's name in the Lease and the audit trail")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	format := fs.String("log-format", "json", "json or text")
+	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logger(stderr)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/injector"
 )
 
@@ -34,12 +35,11 @@ func runInjector(ctx context.Context, args []string, _ io.Reader, _, stderr io.W
 	maxBytes := fs.Int64("max-request-bytes", injector.DefaultMaxRequestBytes, "largest AdmissionReview accepted")
 	shutdownDelay := fs.Duration("shutdown-delay", 5*time.Second, "time /readyz fails before the listeners close on SIGTERM")
 	certPoll := fs.Duration("tls-poll", time.Minute, "reread the TLS files this often even without a file event")
-	level := fs.String("log-level", "info", "debug, info, warn or error (debug logs every admission)")
-	format := fs.String("log-format", "json", "json or text")
+	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error (debug logs every admission)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logger(stderr)
 	if err != nil {
 		return err
 	}

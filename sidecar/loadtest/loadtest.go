@@ -397,10 +397,10 @@ func buildOps(ctx context.Context, o Options, c *grpc.ClientConn, payload []byte
 	return ops, nil
 }
 
-// itemErr fails a batch call with the first failed item's code.
-func itemErr(errs ...*v1.ItemError) error {
-	for _, e := range errs {
-		if e != nil {
+// itemErrs fails a batch call with the first failed item's code.
+func itemErrs[R interface{ GetError() *v1.ItemError }](results []R) error {
+	for _, r := range results {
+		if e := r.GetError(); e != nil {
 			return status.Error(codes.Code(e.GetCode()), "batch item: "+e.GetMessage())
 		}
 	}
@@ -424,12 +424,7 @@ func encOp(keyset string, payload []byte, batch int) op {
 		if err != nil {
 			return err
 		}
-		for _, it := range r.GetResults() {
-			if err := itemErr(it.GetError()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return itemErrs(r.GetResults())
 	}
 }
 
@@ -450,12 +445,7 @@ func decOp(ct []byte, batch int) op {
 		if err != nil {
 			return err
 		}
-		for _, it := range r.GetResults() {
-			if err := itemErr(it.GetError()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return itemErrs(r.GetResults())
 	}
 }
 
@@ -476,12 +466,7 @@ func rewrapOp(ct []byte, batch int) op {
 		if err != nil {
 			return err
 		}
-		for _, it := range r.GetResults() {
-			if err := itemErr(it.GetError()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return itemErrs(r.GetResults())
 	}
 }
 

@@ -68,3 +68,11 @@ func Exit(name string, err error, stderr io.Writer) int {
 		return 1
 	}
 }
+
+// LogFlags adds --log-level and --log-format to fs and returns the function
+// that builds the logger once fs is parsed.
+func LogFlags(fs *flag.FlagSet, level, levelHelp string) func(w io.Writer) (*slog.Logger, error) {
+	lv := fs.String("log-level", level, levelHelp)
+	format := fs.String("log-format", "json", "json or text")
+	return func(w io.Writer) (*slog.Logger, error) { return NewLogger(w, *lv, *format) }
+}

@@ -66,12 +66,11 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	metrics := fs.String("metrics-addr", "127.0.0.1:9495", "address for /livez, /readyz and /metrics (empty disables)")
 	resync := fs.Duration("resync", time.Minute, "reread keyset files this often even without a file event")
 	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	format := fs.String("log-format", "json", "json or text")
+	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := clikit.Parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, err := clikit.NewLogger(stderr, *level, *format)
+	log, err := logger(stderr)
 	if err != nil {
 		return err
 	}

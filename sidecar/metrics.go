@@ -21,6 +21,7 @@ type Metrics struct {
 	reloads    *prometheus.CounterVec
 	lastReload *prometheus.GaugeVec
 	peers      *prometheus.CounterVec
+	kmsPolls   *prometheus.CounterVec
 
 	okCounters map[string]prometheus.Counter
 	durations  map[string]prometheus.Observer
@@ -60,10 +61,13 @@ func NewMetrics() *Metrics {
 		peers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyshift_peer_rejections_total", Help: "Connections or calls refused because of the peer's UID.",
 		}, []string{"api"}),
+		kmsPolls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyshift_kms_polls_total", Help: "KEK status polls by keyset and result (ok or an error reason).",
+		}, []string{"keyset", "result"}),
 		okCounters: map[string]prometheus.Counter{},
 		durations:  map[string]prometheus.Observer{},
 	}
-	m.Registry.MustRegister(m.requests, m.errors, m.duration, m.items, m.versions, m.primary, m.reloads, m.lastReload, m.peers,
+	m.Registry.MustRegister(m.requests, m.errors, m.duration, m.items, m.versions, m.primary, m.reloads, m.lastReload, m.peers, m.kmsPolls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, op := range ops {
 		m.okCounters[op] = m.requests.WithLabelValues(op, "ok")
@@ -111,4 +115,8 @@ func (m *Metrics) reload(name, source, result string) {
 
 func (m *Metrics) peerRejected(api string) {
 	m.peers.WithLabelValues(api).Inc()
+}
+
+func (m *Metrics) kmsPoll(name, result string) {
+	m.kmsPolls.WithLabelValues(name, result).Inc()
 }

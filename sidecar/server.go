@@ -59,6 +59,9 @@ type Config struct {
 	Resync time.Duration
 	// KMSTimeout bounds each KMS call.
 	KMSTimeout time.Duration
+	// KMSPoll asks the KMS for the KEK's primary version this often and
+	// rereads the keyset when it changes (0 disables).
+	KMSPoll time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -185,12 +188,28 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		run(func() { _ = xc.Run(ctx) })
 	}
 	for _, name := range names {
-		if cfg.Keysets[name] == "" {
-			continue
+		poke := make(chan struct{}, 1)
+		if cfg.Keysets[name] != "" {
+			fs := &fileSource{name: name, path: cfg.Keysets[name], apply: s.apply, log: s.log, resync: cfg.Resync, poke: poke,
+				fail: func(err error) { s.loadFailed(name, err) }}
+			run(func() { fs.run(ctx, s.metrics) })
 		}
-		fs := &fileSource{name: name, path: cfg.Keysets[name], apply: s.apply, log: s.log, resync: cfg.Resync,
-			fail: func(err error) { s.loadFailed(name, err) }}
-		run(func() { fs.run(ctx, s.metrics) })
+		if cfg.KMSPoll > 0 {
+			p := &kmsPoller{name: name, loader: s.loader, interval: cfg.KMSPoll, timeout: cfg.KMSTimeout, log: s.log, metrics: s.metrics,
+				uri: func() string {
+					if set, ok := s.ring.load().set(name); ok {
+						return set.doc.KMS
+					}
+					return ""
+				},
+				notify: func() {
+					select {
+					case poke <- struct{}{}:
+					default:
+					}
+				}}
+			run(func() { p.run(ctx) })
+		}
 	}
 	s.log.Info("sidecar listening", "socket", cfg.Socket, "mode", fmt.Sprintf("%#o", cfg.SocketMode),
 		"metrics", cfg.MetricsAddr, "keysets", names, "allowed_uids", allowedString(cfg.AllowedUIDs))

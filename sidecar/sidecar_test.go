@@ -773,3 +773,21 @@ func TestSignVerifyAcrossRotation(t *testing.T) {
 		t.Fatalf("signs with v%d after rotation", v2)
 	}
 }
+
+// The KMS poller notices a KEK rotation in the KMS and makes the sidecar
+// reread its keyset at once (resync is an hour away and no file changed).
+func TestKMSPollerRereadsOnKEKChange(t *testing.T) {
+	e := newEnv(t, func(e *env) { e.cfg.KMSPoll = 20 * time.Millisecond })
+	unchanged := `keyshift_keyring_reloads_total{keyset="payments",result="unchanged",source="file"}`
+	waitUntil(t, func() bool { return counterValue(t, e, `keyshift_kms_polls_total{keyset="payments",result="ok"}`) >= 2 }, "KMS polled")
+	if n := counterValue(t, e, unchanged); n != 0 {
+		t.Fatalf("rereads before any KEK change: %v", n)
+	}
+	if _, err := e.kms.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return counterValue(t, e, unchanged) >= 1 }, "reread after the KEK changed")
+	if !strings.Contains(e.logs.String(), "KEK version changed in the KMS") {
+		t.Fatal("the change was not logged")
+	}
+}

@@ -28,6 +28,8 @@ type fileSource struct {
 	fail   func(err error)
 	log    *slog.Logger
 	resync time.Duration
+	// poke asks for a reread now (the KMS poller saw the KEK change).
+	poke chan struct{}
 
 	lastHash [32]byte
 	loaded   bool
@@ -69,6 +71,8 @@ func (f *fileSource) run(ctx context.Context, metrics *Metrics) {
 		case err := <-werrs:
 			f.log.Warn("file watch error", "keyset", f.name, "err", err)
 		case <-resync.C:
+			resetTimer(timer, 0)
+		case <-f.poke:
 			resetTimer(timer, 0)
 		case <-timer.C:
 			err := f.reload(ctx, metrics)

@@ -66,6 +66,7 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	metrics := fs.String("metrics-addr", "127.0.0.1:9495", "address for /livez, /readyz and /metrics (empty disables)")
 	resync := fs.Duration("resync", time.Minute, "reread keyset files this often even without a file event")
 	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
+	kmsPoll := fs.Duration("kms-poll", 5*time.Minute, "ask the KMS for the KEK's primary version this often; reread the keyset when it changes (0 disables)")
 	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := clikit.Parse(fs, args, stderr); err != nil {
 		return err
@@ -85,7 +86,7 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	return sidecar.Run(ctx, sidecar.Config{
 		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
 		MetricsAddr: *metrics, KMS: providers.Registry(log), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
-		XDSAddr: *xdsAddr, NodeID: *nodeID,
+		XDSAddr: *xdsAddr, NodeID: *nodeID, KMSPoll: *kmsPoll,
 	})
 }
 

@@ -73,7 +73,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		store := &kube.SecretStore{Client: client, Namespace: *namespace}
 		ev, stop := store.Events(log)
 		defer stop()
-		eng.Store, eng.Event = store, ev
+		eng.Store, eng.Event, eng.Status = store, ev, store.SetStatus
 	}
 	trail, err := audit.Open(*auditPath)
 	if err != nil {

@@ -47,9 +47,14 @@ type Engine struct {
 	MinPendingAge time.Duration
 	// Event reports a step to people (Kubernetes Events); may be nil.
 	Event func(keyset string, warning bool, reason, message string)
+	// Status publishes each keyset's latest outcome where operators look
+	// (an annotation on the Secret); may be nil. It is called only when
+	// the outcome changes.
+	Status func(ctx context.Context, key string, out Outcome) error
 
-	mu       sync.Mutex
-	reported map[string]string
+	mu         sync.Mutex
+	reported   map[string]string
+	lastStatus map[string]string
 }
 
 // Outcome says what one Reconcile call did.
@@ -76,6 +81,37 @@ func (e *Engine) now() time.Time {
 // Reconcile performs at most one lifecycle step for the keyset stored
 // under key (a file name, or namespace/name of a Secret).
 func (e *Engine) Reconcile(ctx context.Context, key string) (Outcome, error) {
+	out, err := e.reconcile(ctx, key)
+	e.publishStatus(ctx, key, out)
+	return out, err
+}
+
+func (e *Engine) publishStatus(ctx context.Context, key string, out Outcome) {
+	if e.Status == nil || out.Action == "" {
+		return
+	}
+	text := out.String()
+	e.mu.Lock()
+	if e.lastStatus == nil {
+		e.lastStatus = map[string]string{}
+	}
+	same := e.lastStatus[key] == text
+	e.lastStatus[key] = text
+	e.mu.Unlock()
+	if same {
+		return
+	}
+	if err := e.Status(ctx, key, out); err != nil {
+		e.Log.Warn("publishing keyset status failed", "keyset", key, "err", err)
+	}
+}
+
+// String is the outcome as one line: "blocked [2]: not promoting v2: ...".
+func (o Outcome) String() string {
+	return fmt.Sprintf("%s %v: %s", o.Action, o.Versions, o.Reason)
+}
+
+func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	ks, rev, err := e.Store.Get(ctx, key)
 	if err != nil {
 		return Outcome{}, err
@@ -175,12 +211,14 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 				nodes = append(nodes, n+": "+r)
 			}
 			sort.Strings(nodes)
-			return e.block(ks, p, "nack", fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; ")))
+			msg := fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; "))
+			return e.block(ks, p, "nack", msg, msg)
 		}
 		if !st.AllAcked() {
 			if age > timeout {
-				return e.block(ks, p, "ack-timeout", fmt.Sprintf("not promoting v%d: after %s, %d of %d sidecars have not loaded it (%s)",
-					p, age.Round(time.Second), len(st.Waiting), len(st.Subscribers), strings.Join(st.Waiting, ", ")))
+				return e.block(ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, st.Waiting),
+					fmt.Sprintf("not promoting v%d: after %s, %d of %d sidecars have not loaded it (%s)",
+						p, age.Round(time.Second), len(st.Waiting), len(st.Subscribers), strings.Join(st.Waiting, ", ")))
 			}
 			return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("%d of %d sidecars have v%d", len(st.Acked), len(st.Subscribers), p)}, nil
 		}
@@ -218,14 +256,15 @@ func (e *Engine) fail(ks *keyset.Keyset, step string, versions []uint32, err err
 	return Outcome{Action: "blocked", Versions: versions, Reason: err.Error()}, err
 }
 
-// block reports a step that cannot go on, once per distinct reason.
-func (e *Engine) block(ks *keyset.Keyset, v uint32, step, reason string) (Outcome, error) {
+// block reports a step that cannot go on: audited and evented once per
+// distinct situation (key), while the returned reason stays current.
+func (e *Engine) block(ks *keyset.Keyset, v uint32, step, key, reason string) (Outcome, error) {
 	e.mu.Lock()
 	if e.reported == nil {
 		e.reported = map[string]string{}
 	}
-	repeat := e.reported[ks.Name] == reason
-	e.reported[ks.Name] = reason
+	repeat := e.reported[ks.Name] == key
+	e.reported[ks.Name] = key
 	e.mu.Unlock()
 	if !repeat {
 		e.record(ks.Name, step, []uint32{v}, "blocked", reason, true)

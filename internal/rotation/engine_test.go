@@ -236,3 +236,37 @@ func TestVerifyCatchesBrokenOlderVersion(t *testing.T) {
 		t.Fatal("a version was added despite a failed verification")
 	}
 }
+
+// A blocked promotion is published as the keyset's status once, with the
+// reason, and not again while nothing changes.
+func TestStatusPublishedOnChange(t *testing.T) {
+	r := newRig(t, &keyset.Policy{RotationPeriod: keyset.Duration(time.Hour), AckTimeout: keyset.Duration(time.Minute)})
+	var got []string
+	r.eng.Status = func(_ context.Context, key string, out Outcome) error {
+		got = append(got, key+" "+out.String())
+		return nil
+	}
+	ctx := context.Background()
+	r.now = r.now.Add(time.Hour)
+	for range 3 {
+		r.eng.Reconcile(ctx, "payments")
+		r.now = r.now.Add(time.Minute)
+	}
+	r.eng.Reconcile(ctx, "payments")
+	want := []string{
+		"payments add-pending [2]: primary v1 is 1h0m0s old (rotation period 1h0m0s)",
+		"payments waiting [2]: 0 of 2 sidecars have v2",
+		"payments blocked [2]: not promoting v2: after 2m0s, 2 of 2 sidecars have not loaded it (pod-a, pod-b)",
+		"payments blocked [2]: not promoting v2: after 3m0s, 2 of 2 sidecars have not loaded it (pod-a, pod-b)",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("statuses (-want +got):\n%s", diff)
+	}
+	// The audit trail records the blocked promotion once, not once a pass.
+	r.eng.Audit.Close()
+	f, _ := os.Open(r.trail)
+	defer f.Close()
+	if n, err := audit.Verify(f); err != nil || n != 2 {
+		t.Fatalf("audit has %d records (%v), want add-pending and one ack-timeout", n, err)
+	}
+}

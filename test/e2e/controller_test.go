@@ -46,7 +46,7 @@ func startReplica(t *testing.T, client kubernetes.Interface, id, dir string) *re
 	store := &kube.SecretStore{Client: client, Namespace: "payments"}
 	ev, stopEvents := store.Events(log)
 	eng := &rotation.Engine{Store: store, KMS: kms.Registry{local.Scheme: local.Open}, Audit: trail,
-		Log: log, Actor: "controller/" + id, Event: ev}
+		Log: log, Actor: "controller/" + id, Event: ev, Status: store.SetStatus}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() {
@@ -174,6 +174,15 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 	}
 	if !reasons["AddPending"] || !reasons["Promote"] {
 		t.Fatalf("Events on the Secret: %v", reasons)
+	}
+
+	// The latest outcome is on the Secret for operators.
+	sec, err := client.CoreV1().Secrets("payments").Get(ctx, "keyset-payments", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := sec.Annotations[kube.StatusAnnotation]; !strings.HasPrefix(st, "promote [") && !strings.HasPrefix(st, "add-pending [") {
+		t.Fatalf("status annotation %q", st)
 	}
 
 	// Compare-and-swap: a write at a stale resourceVersion is refused.

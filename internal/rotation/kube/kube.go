@@ -11,6 +11,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -132,6 +134,33 @@ func (s *SecretStore) Put(ctx context.Context, key string, ks *keyset.Keyset, re
 		return "", fmt.Errorf("kube: update Secret %s: %w", key, err)
 	}
 	return out.ResourceVersion, nil
+}
+
+// StatusAnnotation holds the controller's latest outcome for the keyset,
+// e.g. "blocked [2]: not promoting v2: after 5m0s, 1 of 3 sidecars have
+// not loaded it (ns/pod-b)", and StatusTimeAnnotation when it was set.
+const (
+	StatusAnnotation     = "keyshift.io/rotation-status"
+	StatusTimeAnnotation = "keyshift.io/rotation-status-time"
+)
+
+// SetStatus writes the outcome into the Secret's annotations with a merge
+// patch (data untouched, so pods see no change).
+func (s *SecretStore) SetStatus(ctx context.Context, key string, out rotation.Outcome) error {
+	ns, name, err := splitKey(key)
+	if err != nil {
+		return err
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		StatusAnnotation: out.String(), StatusTimeAnnotation: time.Now().UTC().Format(time.RFC3339),
+	}}})
+	if err != nil {
+		return err
+	}
+	if _, err := s.Client.CoreV1().Secrets(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("kube: annotate Secret %s: %w", key, err)
+	}
+	return nil
 }
 
 // Create stores a new keyset Secret (for `keyshift keyset create --secret`).

@@ -69,6 +69,10 @@ type Config struct {
 	Resources corev1.ResourceRequirements
 	// LogLevel is the sidecar's default log level ("info" when empty).
 	LogLevel string
+	// XDSAddr is the rotation controller's xDS address the sidecar
+	// subscribes to (host:port); empty leaves the sidecar on its mounted
+	// keyset files alone.
+	XDSAddr string
 }
 
 // DefaultResources is what the sidecar asks for unless configured: a small

@@ -293,6 +293,15 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 	if pc.ExtAuthzPort != 0 {
 		args = append(args, fmt.Sprintf("--ext-authz-addr=127.0.0.1:%d", pc.ExtAuthzPort))
 	}
+	env := []corev1.EnvVar{{Name: client.EnvSocket, Value: socket}}
+	if cfg.XDSAddr != "" {
+		// The controller pushes keyset versions over xDS and waits for this
+		// sidecar's ACK, named namespace/pod, before promoting them.
+		args = append(args, "--xds-addr="+cfg.XDSAddr)
+		env = append(env,
+			corev1.EnvVar{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}},
+			corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}})
+	}
 	probe := func(p string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -312,7 +321,7 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 		Ports: []corev1.ContainerPort{{
 			Name: "keyshift-ops", ContainerPort: pc.OpsPort, Protocol: corev1.ProtocolTCP,
 		}},
-		Env:          []corev1.EnvVar{{Name: client.EnvSocket, Value: socket}},
+		Env:          env,
 		Resources:    *pc.Resources.DeepCopy(),
 		VolumeMounts: mounts,
 		// Passes once every keyset is loaded; in native mode the kubelet

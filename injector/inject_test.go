@@ -79,6 +79,8 @@ func patchFor(t *testing.T, before, after *corev1.Pod) []byte {
 func TestInjectGolden(t *testing.T) {
 	regular := testConfig()
 	regular.Mode = ModeRegular
+	withXDS := testConfig()
+	withXDS.XDSAddr = "keyshift-controller.keyshift-system.svc:18000"
 	tests := []struct {
 		name     string
 		cfg      Config
@@ -88,6 +90,9 @@ func TestInjectGolden(t *testing.T) {
 			"container(s) app set no runAsUser, so any UID in the pod may call the keyshift socket; set runAsUser or keyshift.io/allowed-uids to restrict it",
 		}},
 		{name: "full", cfg: testConfig()},
+		{name: "xds", cfg: withXDS, warnings: []string{
+			"container(s) app set no runAsUser, so any UID in the pod may call the keyshift socket; set runAsUser or keyshift.io/allowed-uids to restrict it",
+		}},
 		{name: "regular", cfg: regular},
 		{name: "explicit-uids", cfg: testConfig(), warnings: []string{
 			"container envoy sets KEYSHIFT_SOCKET itself, not to /var/run/keyshift/keyshift.sock; it was left as written",

@@ -31,6 +31,7 @@ func runInjector(ctx context.Context, args []string, _ io.Reader, _, stderr io.W
 	cpuLim := fs.String("sidecar-cpu-limit", "", "sidecar CPU limit (empty: none)")
 	memReq := fs.String("sidecar-memory-request", "32Mi", "sidecar memory request (empty: none)")
 	memLim := fs.String("sidecar-memory-limit", "64Mi", "sidecar memory limit (empty: none)")
+	xdsAddr := fs.String("controller-xds-addr", "", "the rotation controller's xDS address injected sidecars subscribe to, e.g. keyshift-controller.keyshift-system.svc:18000 (empty: mounted files only)")
 	sidecarLevel := fs.String("sidecar-log-level", injector.DefaultLogLevel, "sidecar log level unless a pod annotates keyshift.io/log-level")
 	maxBytes := fs.Int64("max-request-bytes", injector.DefaultMaxRequestBytes, "largest AdmissionReview accepted")
 	shutdownDelay := fs.Duration("shutdown-delay", 5*time.Second, "time /readyz fails before the listeners close on SIGTERM")
@@ -68,7 +69,7 @@ func runInjector(ctx context.Context, args []string, _ io.Reader, _, stderr io.W
 	}
 	cfg := injector.Config{
 		Image: *image, ImagePullPolicy: corev1.PullPolicy(*pull), Mode: injector.SidecarMode(*mode),
-		SidecarUID: *uid, Resources: res, LogLevel: *sidecarLevel,
+		SidecarUID: *uid, Resources: res, LogLevel: *sidecarLevel, XDSAddr: *xdsAddr,
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

@@ -129,6 +129,13 @@ func ParseURI(uri string) (*url.URL, error) {
 	}
 	u, err := url.Parse(uri)
 	if err != nil {
+		// aws-kms://arn:aws:kms:...:key/ID reads as a host with a bad port;
+		// take what follows "://" as the path instead, as with three slashes.
+		if scheme, rest, ok := strings.Cut(uri, "://"); ok && !strings.HasPrefix(rest, "/") {
+			if u2, err2 := url.Parse(scheme + ":///" + rest); err2 == nil {
+				return u2, nil
+			}
+		}
 		return nil, fmt.Errorf("%w: %v", ErrBadURI, err)
 	}
 	if u.Scheme == "" {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/keyshift/keyshift/internal/kms"
+	awskms "github.com/keyshift/keyshift/internal/kms/aws"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/kms/vault"
 )
@@ -17,7 +18,8 @@ func Registry(log *slog.Logger) kms.Registry {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return kms.Registry{
-		local.Scheme: local.Open,
-		vault.Scheme: vault.Opener(log),
+		local.Scheme:  local.Open,
+		awskms.Scheme: awskms.Opener(log),
+		vault.Scheme:  vault.Opener(log),
 	}
 }

@@ -38,7 +38,7 @@ figures:
 
 ## demo: sidecar up, encrypt, rotate live, decrypt old and new (local KMS, no cluster).
 demo:
-	$(GO) run ./cmd/keyshift demo
+	$(GO) run ./cmd/keyshift demo $(DEMO_FLAGS)
 
 ## test: everything CI runs: unit, integration over real sockets, vectors, fuzz corpora, a short run of every fuzz target.
 test:

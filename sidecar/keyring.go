@@ -70,28 +70,16 @@ func (h *holder) replace(name string, s *ringSet) {
 // through the KMS, checks that version numbers were not reused and that
 // nothing went backwards, and self-tests every key before use.
 type loader struct {
-	kms      kms.Registry
-	mu       sync.Mutex
-	wrappers map[string]kms.Wrapper
-	timeout  time.Duration
+	kms     *kms.Cache
+	timeout time.Duration
 }
 
 func newLoader(reg kms.Registry, timeout time.Duration) *loader {
-	return &loader{kms: reg, wrappers: map[string]kms.Wrapper{}, timeout: timeout}
+	return &loader{kms: kms.NewCache(reg), timeout: timeout}
 }
 
 func (l *loader) wrapper(ctx context.Context, uri string) (kms.Wrapper, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if w, ok := l.wrappers[uri]; ok {
-		return w, nil
-	}
-	w, err := l.kms.Open(ctx, uri)
-	if err != nil {
-		return nil, err
-	}
-	l.wrappers[uri] = w
-	return w, nil
+	return l.kms.Open(ctx, uri)
 }
 
 // build loads doc, reusing keys from prev whose wrapped form is unchanged.

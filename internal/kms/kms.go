@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Wrapper wraps and unwraps data keys with a KEK held by the KMS. aad is
@@ -142,4 +143,33 @@ func ParseURI(uri string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w %q: no scheme (write for example local:///path/to/kek)", ErrBadURI, uri)
 	}
 	return u, nil
+}
+
+// Cache opens each URI once and hands out the same Wrapper after that:
+// backends hold connections, token-renewal goroutines and credentials, so
+// a long-running process must not open one per call. It is safe for
+// concurrent use.
+type Cache struct {
+	reg      Registry
+	mu       sync.Mutex
+	wrappers map[string]Wrapper
+}
+
+// NewCache returns an empty cache over reg.
+func NewCache(reg Registry) *Cache { return &Cache{reg: reg, wrappers: map[string]Wrapper{}} }
+
+// Open returns the cached Wrapper for uri, opening it on first use. A
+// failed open is not cached, so the next call tries again.
+func (c *Cache) Open(ctx context.Context, uri string) (Wrapper, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if w, ok := c.wrappers[uri]; ok {
+		return w, nil
+	}
+	w, err := c.reg.Open(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	c.wrappers[uri] = w
+	return w, nil
 }

@@ -55,6 +55,18 @@ type Engine struct {
 	mu         sync.Mutex
 	reported   map[string]string
 	lastStatus map[string]string
+	wrappers   *kms.Cache
+}
+
+// wrapper opens the keyset's KMS once per URI for the engine's lifetime.
+func (e *Engine) wrapper(ctx context.Context, uri string) (kms.Wrapper, error) {
+	e.mu.Lock()
+	if e.wrappers == nil {
+		e.wrappers = kms.NewCache(e.KMS)
+	}
+	c := e.wrappers
+	e.mu.Unlock()
+	return c.Open(ctx, uri)
 }
 
 // Outcome says what one Reconcile call did.
@@ -122,7 +134,7 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 		}
 	}
 	e.Metrics.observe(ks, e.now())
-	w, err := e.KMS.Open(ctx, ks.KMS)
+	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
 		return e.fail(ks, "open-kms", nil, err)
 	}
@@ -180,7 +192,7 @@ func (e *Engine) Rotate(ctx context.Context, key, reason string) (Outcome, error
 	if p := LatestPending(ks); p != 0 {
 		return Outcome{Action: "blocked", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d is already pending", p)}, nil
 	}
-	w, err := e.KMS.Open(ctx, ks.KMS)
+	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
 		return e.fail(ks, "open-kms", nil, err)
 	}

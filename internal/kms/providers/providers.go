@@ -7,6 +7,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/kms"
 	awskms "github.com/keyshift/keyshift/internal/kms/aws"
+	"github.com/keyshift/keyshift/internal/kms/gcp"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/kms/vault"
 )
@@ -20,6 +21,7 @@ func Registry(log *slog.Logger) kms.Registry {
 	return kms.Registry{
 		local.Scheme:  local.Open,
 		awskms.Scheme: awskms.Opener(log),
+		gcp.Scheme:    gcp.Opener(log),
 		vault.Scheme:  vault.Opener(log),
 	}
 }

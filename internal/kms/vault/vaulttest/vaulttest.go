@@ -169,7 +169,10 @@ func (s *Server) Restart() {
 	}
 }
 
-// Signal sends sig (SIGSTOP/SIGCONT) to the server process.
+// Signal sends sig (SIGSTOP/SIGCONT) to the server process. For SIGSTOP
+// it returns only once every thread of the process is stopped: a thread
+// running on another core stops at its next kernel entry, and a request
+// sent in between would still be answered.
 func (s *Server) Signal(sig syscall.Signal) {
 	s.t.Helper()
 	s.mu.Lock()
@@ -177,6 +180,35 @@ func (s *Server) Signal(sig syscall.Signal) {
 	if err := s.cmd.Process.Signal(sig); err != nil {
 		s.t.Fatal(err)
 	}
+	if sig != syscall.SIGSTOP {
+		return
+	}
+	pid := s.cmd.Process.Pid
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if allStopped(pid) {
+			return
+		}
+	}
+	s.t.Fatalf("vault pid %d did not stop within 5s", pid)
+}
+
+// allStopped reports whether every thread of pid is in state T (stopped).
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // RootClient is an admin client for setting the server up.

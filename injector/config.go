@@ -39,11 +39,19 @@ const (
 	KeysetsDir = "/var/run/keyshift/keysets"
 	// KeysetKey is the key in a keyset Secret that holds the document.
 	KeysetKey = "keyset.json"
+	// ExtAuthzPolicyVolume, ExtAuthzPolicyDir and ExtAuthzPolicyKey place the
+	// ext_authz policy ConfigMap in the sidecar.
+	ExtAuthzPolicyVolume = "keyshift-ext-authz-policy"
+	ExtAuthzPolicyDir    = "/etc/keyshift/ext-authz"
+	ExtAuthzPolicyKey    = "policy.yaml"
 	// DefaultOpsPort is the sidecar's /livez, /readyz and /metrics port.
 	DefaultOpsPort = 9495
 	// DefaultExtAuthzPort is the ext_authz port when the annotation is
 	// "true".
 	DefaultExtAuthzPort = 9191
+	// DefaultExtAuthzUID is the peer allowed to call ext_authz unless a pod
+	// says otherwise: Istio's proxy.
+	DefaultExtAuthzUID = 1337
 	// DefaultSidecarUID is the sidecar's UID and GID: the image's nonroot
 	// user.
 	DefaultSidecarUID = 65532

@@ -98,6 +98,17 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 			SizeLimit: ptr(resource.MustParse("1Mi")),
 		}},
 	})
+	if pc.ExtAuthzPolicy != "" {
+		out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
+			Name: ExtAuthzPolicyVolume,
+			VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: pc.ExtAuthzPolicy},
+				Items:                []corev1.KeyToPath{{Key: ExtAuthzPolicyKey, Path: ExtAuthzPolicyKey}},
+				DefaultMode:          ptr(int32(0o444)),
+				Optional:             ptr(false),
+			}},
+		})
+	}
 	for _, ks := range pc.Keysets {
 		out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
 			Name: keysetVolume(ks.Name),
@@ -291,7 +302,10 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 		mounts = append(mounts, corev1.VolumeMount{Name: keysetVolume(ks.Name), MountPath: dir, ReadOnly: true})
 	}
 	if pc.ExtAuthzPort != 0 {
-		args = append(args, fmt.Sprintf("--ext-authz-addr=127.0.0.1:%d", pc.ExtAuthzPort))
+		args = append(args, fmt.Sprintf("--ext-authz-addr=127.0.0.1:%d", pc.ExtAuthzPort),
+			"--ext-authz-policy="+path.Join(ExtAuthzPolicyDir, ExtAuthzPolicyKey),
+			"--ext-authz-allowed-uids="+pc.ExtAuthzUIDs.Flag())
+		mounts = append(mounts, corev1.VolumeMount{Name: ExtAuthzPolicyVolume, MountPath: ExtAuthzPolicyDir, ReadOnly: true})
 	}
 	env := []corev1.EnvVar{{Name: client.EnvSocket, Value: socket}}
 	if cfg.XDSAddr != "" {
@@ -365,6 +379,9 @@ func checkConflicts(pod *corev1.Pod, pc *PodConfig, cfg Config) error {
 		}
 	}
 	volumes := map[string]bool{SocketVolume: true}
+	if pc.ExtAuthzPolicy != "" {
+		volumes[ExtAuthzPolicyVolume] = true
+	}
 	for _, ks := range pc.Keysets {
 		volumes[keysetVolume(ks.Name)] = true
 	}

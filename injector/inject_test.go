@@ -222,6 +222,7 @@ func TestInjectConflicts(t *testing.T) {
 			name: "ext-authz port taken",
 			pod: withPod(func(p *corev1.Pod) {
 				p.Annotations["keyshift.io/ext-authz"] = "true"
+				p.Annotations["keyshift.io/ext-authz-policy"] = "shop-authz"
 				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9191}}
 			}),
 			err: `container app uses port 9191, the keyshift ext_authz port; set keyshift.io/ext-authz to a free port such as 9192`,

@@ -26,6 +26,10 @@ type PodConfig struct {
 	SocketDir string
 	// ExtAuthzPort is the localhost ext_authz port, or 0 when off.
 	ExtAuthzPort int32
+	// ExtAuthzPolicy is the ConfigMap holding the ext_authz policy.
+	ExtAuthzPolicy string
+	// ExtAuthzUIDs are the peers allowed to call ext_authz.
+	ExtAuthzUIDs UIDList
 	// AllowedUIDs is the annotation's peer allowlist, or nil when the
 	// injector should derive it from the containers' runAsUser.
 	AllowedUIDs *UIDList
@@ -186,6 +190,27 @@ func parseAnnotations(ann map[string]string, cfg Config) (*PodConfig, error) {
 			bad(annotation.ExtAuthz, fmt.Sprintf("port %d is the sidecar's health port (keyshift.io/ops-port)", pc.OpsPort),
 				"another port, or move the health port with keyshift.io/ops-port")
 		}
+	}
+	policy, hasPolicy := ann[annotation.ExtAuthzPolicy]
+	switch {
+	case pc.ExtAuthzPort != 0 && !hasPolicy:
+		bad(annotation.ExtAuthz, "needs a policy", "also "+annotation.ExtAuthzPolicy+": the name of a ConfigMap whose key policy.yaml holds the ext_authz policy")
+	case hasPolicy && len(validation.IsDNS1123Subdomain(policy)) != 0:
+		bad(annotation.ExtAuthzPolicy, "is not a ConfigMap name", "the name of a ConfigMap in the pod's namespace (lowercase letters, digits, '-' and '.')")
+	case hasPolicy:
+		pc.ExtAuthzPolicy = policy
+	}
+	if v, ok := ann[annotation.ExtAuthzAllowedUIDs]; ok {
+		if u, problem := parseUIDs(v, cfg.SidecarUID); problem != "" || v == "self" {
+			if problem == "" {
+				problem = "self would admit only the sidecar, never the proxy"
+			}
+			bad(annotation.ExtAuthzAllowedUIDs, problem, `"any" or UIDs such as "1337" (Istio's proxy) or "101" (Envoy's image)`)
+		} else if pc.ExtAuthzPort != 0 {
+			pc.ExtAuthzUIDs = *u
+		}
+	} else if pc.ExtAuthzPort != 0 {
+		pc.ExtAuthzUIDs = UIDList{UIDs: []int64{DefaultExtAuthzUID}}
 	}
 
 	if v, ok := ann[annotation.AllowedUIDs]; ok {

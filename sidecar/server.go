@@ -62,6 +62,8 @@ type Config struct {
 	// KMSPoll asks the KMS for the KEK's primary version this often and
 	// rereads the keyset when it changes (0 disables).
 	KMSPoll time.Duration
+	// ExtAuthz serves the Envoy ext_authz API (off when Addr and Socket are empty).
+	ExtAuthz ExtAuthzConfig
 }
 
 func (c *Config) defaults() error {
@@ -114,11 +116,12 @@ type Server struct {
 	// same keyset at once.
 	applyMu sync.Mutex
 
-	ready   chan struct{}
-	readyMu sync.Once
-	done    chan struct{}
-	runErr  error
-	opsL    net.Listener
+	ready     chan struct{}
+	readyMu   sync.Once
+	done      chan struct{}
+	runErr    error
+	opsL      net.Listener
+	authzAddr string
 }
 
 // Start listens on the socket, starts loading keysets and serving, and
@@ -154,6 +157,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.opsL = metricsL
 	}
+	authzAddr, stopAuthz, err := startExtAuthz(ctx, s.svc, s.metrics, s.log, cfg.ExtAuthz)
+	if err != nil {
+		l.Close()
+		if metricsL != nil {
+			metricsL.Close()
+		}
+		return nil, err
+	}
+	s.authzAddr = authzAddr
 	var allow uidAllowlist
 	if cfg.AllowedUIDs != nil {
 		allow = uidAllowlist{}
@@ -224,6 +236,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		case <-time.After(5 * time.Second):
 			gs.Stop()
 		}
+		stopAuthz()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(sctx)
@@ -274,6 +287,9 @@ func (s *Server) OpsAddr() string {
 	}
 	return s.opsL.Addr().String()
 }
+
+// ExtAuthzAddr is the loopback address ext_authz is served on, or "" when off.
+func (s *Server) ExtAuthzAddr() string { return s.authzAddr }
 
 // Service is the crypto core, for in-process callers and tests.
 func (s *Server) Service() *Service { return s.svc }

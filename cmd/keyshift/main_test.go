@@ -125,6 +125,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"sidecar", "--keyset", "a=/x", "--socket-mode", "999"}, 1, "octal mode"},
 		{[]string{"sidecar", "--keyset", "a=/x", "--log-level", "loud"}, 1, "write debug, info, warn or error"},
 		{[]string{"keyset", "explode", "--file", "x"}, 2, "unknown subcommand"},
+		{[]string{"sidecar", "--keyset", "a=/x", "--ext-authz-addr", "127.0.0.1:9191"}, 1, "need --ext-authz-policy FILE"},
+		{[]string{"sidecar", "--keyset", "a=/x", "--ext-authz-addr", "127.0.0.1:9191", "--ext-authz-policy", "/nonexistent.yaml"}, 1, "nonexistent.yaml"},
 		{[]string{"keyset", "create", "--file", "/tmp/x.json"}, 2, "--name and --kms are required"},
 		{[]string{"keyset", "create", "--file", filepath.Join(os.TempDir(), "ks-cli-x.json"), "--name", "a", "--kms", "vault://x"}, 1, `unknown URI scheme "vault"`},
 		{[]string{"keyset", "show"}, 2, "exactly one of --file or --secret"},

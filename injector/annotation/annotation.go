@@ -44,6 +44,17 @@ const SocketDir = Prefix + "socket-dir"
 // (port 9191) or a port number from 1024 to 65535.
 const ExtAuthz = Prefix + "ext-authz"
 
+// ExtAuthzPolicy names the ConfigMap, in the pod's namespace, whose key
+// "policy.yaml" is the ext_authz policy (see examples/extauthz-policy.yaml).
+// Required when ExtAuthz is on: ext_authz without a policy would decide
+// nothing.
+const ExtAuthzPolicy = Prefix + "ext-authz-policy"
+
+// ExtAuthzAllowedUIDs says which peer UIDs may call ext_authz: "any" or a
+// comma-separated list. Default "1337", the UID Istio's proxy runs as
+// (Envoy's own image runs as 101).
+const ExtAuthzAllowedUIDs = Prefix + "ext-authz-allowed-uids"
+
 // AllowedUIDs says which peer UIDs may call the socket (the sidecar checks
 // SO_PEERCRED): "any", "self" (the sidecar's own UID only) or a
 // comma-separated list such as "1000,1001". By default the injector derives
@@ -84,7 +95,7 @@ const Status = Prefix + "status"
 // so no caller can change the list another relies on.
 func Known() []string {
 	return []string{
-		Inject, Keysets, SocketDir, ExtAuthz, AllowedUIDs,
+		Inject, Keysets, SocketDir, ExtAuthz, ExtAuthzPolicy, ExtAuthzAllowedUIDs, AllowedUIDs,
 		CPURequest, CPULimit, MemoryRequest, MemoryLimit, LogLevel, OpsPort, Status,
 	}
 }

@@ -475,7 +475,7 @@ func TestInjectorAgainstRealAPIServer(t *testing.T) {
 	waitForWebhook(t, e, "e2e-inject")
 
 	t.Run("annotated pod is stored with the native sidecar", func(t *testing.T) {
-		pod := annotatedPod("e2e-inject", "shop-", map[string]string{"keyshift.io/ext-authz": "true"})
+		pod := annotatedPod("e2e-inject", "shop-", map[string]string{"keyshift.io/ext-authz": "true", "keyshift.io/ext-authz-policy": "shop-authz"})
 		pod.Spec.SecurityContext = &corev1.PodSecurityContext{FSGroup: ptr(int64(1000))}
 		pod.Spec.Containers = append(pod.Spec.Containers, restrictedApp("worker", 1001))
 		stored, err := e.create(pod)

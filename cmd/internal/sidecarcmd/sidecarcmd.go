@@ -67,6 +67,10 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	resync := fs.Duration("resync", time.Minute, "reread keyset files this often even without a file event")
 	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
 	kmsPoll := fs.Duration("kms-poll", 5*time.Minute, "ask the KMS for the KEK's primary version this often; reread the keyset when it changes (0 disables)")
+	authzAddr := fs.String("ext-authz-addr", "", "loopback host:port to serve Envoy ext_authz on, e.g. 127.0.0.1:9191 (empty disables)")
+	authzSocket := fs.String("ext-authz-socket", "", "Unix socket to serve Envoy ext_authz on, e.g. /var/run/keyshift/extauthz.sock (empty disables)")
+	authzPolicy := fs.String("ext-authz-policy", "", "ext_authz policy file, YAML or JSON (required when ext_authz is on; see examples/extauthz-policy.yaml)")
+	authzUIDs := fs.String("ext-authz-allowed-uids", "any", "peer UIDs allowed to call ext_authz: any, self, or a list like 1337 (Istio's proxy) or 101 (Envoy's image)")
 	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := clikit.Parse(fs, args, stderr); err != nil {
 		return err
@@ -83,8 +87,24 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	var authz sidecar.ExtAuthzConfig
+	if *authzAddr != "" || *authzSocket != "" {
+		if *authzPolicy == "" {
+			return fmt.Errorf("--ext-authz-addr/--ext-authz-socket need --ext-authz-policy FILE (see examples/extauthz-policy.yaml)")
+		}
+		p, err := sidecar.LoadExtAuthzPolicy(*authzPolicy)
+		if err != nil {
+			return err
+		}
+		u, err := ParseUIDs(*authzUIDs)
+		if err != nil {
+			return fmt.Errorf("--ext-authz-allowed-uids: %w", err)
+		}
+		authz = sidecar.ExtAuthzConfig{Addr: *authzAddr, Socket: *authzSocket, SocketMode: os.FileMode(m), AllowedUIDs: u, Policy: p}
+	}
 	return sidecar.Run(ctx, sidecar.Config{
-		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
+		ExtAuthz: authz,
+		Socket:   *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
 		MetricsAddr: *metrics, KMS: providers.Registry(log), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
 		XDSAddr: *xdsAddr, NodeID: *nodeID, KMSPoll: *kmsPoll,
 	})

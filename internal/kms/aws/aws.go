@@ -265,7 +265,7 @@ func newClient(ctx context.Context, t uriTarget, opts []Option) (*Client, error)
 	switch {
 	case o.Timeout < 0:
 		return nil, fmt.Errorf("aws-kms: timeout %v must be positive: %w", o.Timeout, kms.ErrBadURI)
-	case !o.Retry.valid():
+	case !o.Retry.Valid():
 		return nil, fmt.Errorf("aws-kms: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", kms.ErrBadURI)
 	case o.Region != "" && !regionPattern.MatchString(o.Region):
 		return nil, fmt.Errorf("aws-kms: region %q is not a region such as us-east-1: %w", o.Region, kms.ErrBadURI)

@@ -247,7 +247,7 @@ func New(ctx context.Context, keyName string, opts ...Option) (*Client, error) {
 	switch {
 	case o.Timeout < 0:
 		return nil, fmt.Errorf("gcp-kms: timeout %v must be positive: %w", o.Timeout, kms.ErrBadURI)
-	case !o.Retry.valid():
+	case !o.Retry.Valid():
 		return nil, fmt.Errorf("gcp-kms: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", kms.ErrBadURI)
 	case o.Insecure && o.Endpoint == "":
 		return nil, fmt.Errorf("gcp-kms: an insecure transport needs an endpoint (WithEndpoint): %w", kms.ErrBadURI)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -14,58 +13,15 @@ import (
 	"github.com/keyshift/keyshift/internal/kms"
 )
 
-// RetryPolicy retries calls that failed as throttled or unavailable, with
-// capped exponential backoff and jitter. Other failures are returned at once.
-type RetryPolicy struct {
-	// MaxAttempts counts every attempt, the first included; 1 disables retries.
-	MaxAttempts int
-	// BaseDelay is the backoff ceiling after the first failure; it doubles with
-	// each further failure up to MaxDelay. The delay drawn is uniform in
-	// [ceiling/2, ceiling] ("equal jitter"), so retries never bunch at zero.
-	BaseDelay time.Duration
-	// MaxDelay caps the ceiling.
-	MaxDelay time.Duration
-	// OnRetry, if set, is called before each backoff sleep, for metrics and tests.
-	OnRetry func(RetryEvent)
-}
-
-// RetryEvent describes one backoff: the attempt that failed, its error and
-// the delay before the next attempt.
-type RetryEvent struct {
-	// Op is the Transit operation ("encrypt", "decrypt", ...).
-	Op string
-	// Attempt is the number of the attempt that failed, from 1.
-	Attempt int
-	// Delay is how long the client waits before the next attempt.
-	Delay time.Duration
-	// Err is the sorted error of the failed attempt.
-	Err error
-}
+// RetryPolicy and RetryEvent are the policy every backend shares.
+type (
+	RetryPolicy = kms.RetryPolicy
+	RetryEvent  = kms.RetryEvent
+)
 
 // DefaultRetryPolicy makes up to 5 attempts, waiting about 100ms, 200ms,
 // 400ms and 800ms (capped at 5s) between them.
-func DefaultRetryPolicy() RetryPolicy {
-	return RetryPolicy{MaxAttempts: 5, BaseDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second}
-}
-
-// ceiling is the upper bound of the delay after the attempt-th failure.
-func (p RetryPolicy) ceiling(attempt int) time.Duration {
-	d := p.BaseDelay
-	for i := 1; i < attempt && d < p.MaxDelay; i++ {
-		d *= 2
-	}
-	return min(d, p.MaxDelay)
-}
-
-// delay draws the wait after the attempt-th failure.
-func (p RetryPolicy) delay(attempt int) time.Duration {
-	c := p.ceiling(attempt)
-	half := c / 2
-	if half <= 0 {
-		return c
-	}
-	return half + rand.N(c-half+1)
-}
+func DefaultRetryPolicy() RetryPolicy { return kms.DefaultRetryPolicy() }
 
 // notSent retries only failures after which the request surely did not take
 // effect (throttled, sealed or standby, connection refused), for calls that
@@ -123,7 +79,7 @@ func (c *Client) call(ctx context.Context, op, path string, retryable func(*Erro
 				slog.Int("status", e.StatusCode), slog.String("reason", kms.Reason(e)))
 			return nil, e
 		}
-		d := c.retry.delay(attempt)
+		d := c.retry.Delay(attempt)
 		if c.retry.OnRetry != nil {
 			c.retry.OnRetry(RetryEvent{Op: op, Attempt: attempt, Delay: d, Err: e})
 		}

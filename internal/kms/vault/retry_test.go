@@ -112,7 +112,7 @@ func TestRetryPolicy(t *testing.T) {
 			var gotAttempts []int
 			for i, e := range events {
 				gotAttempts = append(gotAttempts, e.Attempt)
-				ceil := p.ceiling(e.Attempt)
+				ceil := p.Ceiling(e.Attempt)
 				if e.Delay < ceil/2 || e.Delay > ceil {
 					t.Errorf("retry %d: delay %v outside [%v, %v]", i+1, e.Delay, ceil/2, ceil)
 				}
@@ -138,14 +138,14 @@ func TestBackoffCeiling(t *testing.T) {
 	p := RetryPolicy{MaxAttempts: 10, BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second}
 	var got []time.Duration
 	for a := 1; a <= 6; a++ {
-		got = append(got, p.ceiling(a))
+		got = append(got, p.Ceiling(a))
 	}
 	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ceilings (-want +got):\n%s", diff)
 	}
 	for range 1000 {
-		if d := p.delay(3); d < 200*time.Millisecond || d > 400*time.Millisecond {
+		if d := p.Delay(3); d < 200*time.Millisecond || d > 400*time.Millisecond {
 			t.Fatalf("delay(3) = %v, want within [200ms, 400ms]", d)
 		}
 	}

@@ -8,7 +8,7 @@ FUZZTIME ?= 8s
 # Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
 FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI injector:FuzzParseAnnotations injector:FuzzHandler
 
-.PHONY: all build figures e2e kube-binaries image demo test fuzz fuzz-save lint generate bench tools clean
+.PHONY: test-servers all build figures e2e kube-binaries image demo test fuzz fuzz-save lint generate bench tools clean
 
 all: build
 
@@ -41,10 +41,15 @@ demo:
 	$(GO) run ./cmd/keyshift demo $(DEMO_FLAGS)
 
 ## test: everything CI runs: unit, integration over real sockets, vectors, fuzz corpora, a short run of every fuzz target.
-test:
+test: test-servers
 	$(GO) test -count=1 -race ./...
 	$(GO) -C examples/app test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
+
+## test-servers: build the real servers the tests start (Vault, local-kms) from the Go module proxy; skipped when cached.
+test-servers:
+	@bash scripts/install-vault.sh
+	@bash scripts/install-local-kms.sh
 
 ## fuzz: run every fuzz target for FUZZTIME (make fuzz FUZZTIME=5m for a real session).
 fuzz:

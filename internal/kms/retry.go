@@ -64,3 +64,14 @@ func (p RetryPolicy) Delay(attempt int) time.Duration {
 	}
 	return half + rand.N(c-half+1)
 }
+
+// OrDefault is p, or DefaultRetryPolicy (keeping p's OnRetry) when p sets
+// no attempts and no delays.
+func (p RetryPolicy) OrDefault() RetryPolicy {
+	if p.MaxAttempts != 0 || p.BaseDelay != 0 || p.MaxDelay != 0 {
+		return p
+	}
+	d := DefaultRetryPolicy()
+	d.OnRetry = p.OnRetry
+	return d
+}

@@ -254,11 +254,7 @@ func newClient(ctx context.Context, t uriTarget, opts []Option) (*Client, error)
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.Retry.MaxAttempts == 0 && o.Retry.BaseDelay == 0 && o.Retry.MaxDelay == 0 {
-		onRetry := o.Retry.OnRetry
-		o.Retry = DefaultRetryPolicy()
-		o.Retry.OnRetry = onRetry
-	}
+	o.Retry = o.Retry.OrDefault()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

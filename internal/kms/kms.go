@@ -173,3 +173,41 @@ func (c *Cache) Open(ctx context.Context, uri string) (Wrapper, error) {
 	c.wrappers[uri] = w
 	return w, nil
 }
+
+// FormatCallError renders a backend's failed call the way every backend
+// does: "BACKEND: OP TARGET: DETAIL (META, ...): KIND", leaving out empty
+// parts. meta holds the backend's own identifiers (error code, HTTP or
+// gRPC status, request ID); none may carry request data.
+func FormatCallError(backend, op, target, detail string, meta []string, kind error) string {
+	var b strings.Builder
+	b.WriteString(backend)
+	b.WriteString(": ")
+	b.WriteString(op)
+	if target != "" {
+		b.WriteString(" ")
+		b.WriteString(target)
+	}
+	if detail != "" {
+		b.WriteString(": ")
+		b.WriteString(detail)
+	}
+	if len(meta) > 0 {
+		b.WriteString(" (")
+		b.WriteString(strings.Join(meta, ", "))
+		b.WriteString(")")
+	}
+	if kind != nil {
+		b.WriteString(": ")
+		b.WriteString(kind.Error())
+	}
+	return b.String()
+}
+
+// UnwrapCallError is a backend error's Unwrap: its sorted kind and, when
+// there is one, its cause, both reachable with errors.Is and errors.As.
+func UnwrapCallError(kind, cause error) []error {
+	if cause == nil {
+		return []error{kind}
+	}
+	return []error{kind, cause}
+}

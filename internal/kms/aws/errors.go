@@ -49,17 +49,6 @@ type Error struct {
 
 // Error renders "aws-kms: OP KEY: DETAIL (CODE, HTTP N, request ID): KIND".
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("aws-kms: ")
-	b.WriteString(e.Op)
-	if e.Key != "" {
-		b.WriteString(" ")
-		b.WriteString(e.Key)
-	}
-	if e.Detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Detail)
-	}
 	var meta []string
 	if e.Code != "" {
 		meta = append(meta, e.Code)
@@ -70,26 +59,11 @@ func (e *Error) Error() string {
 	if e.RequestID != "" {
 		meta = append(meta, "request "+e.RequestID)
 	}
-	if len(meta) > 0 {
-		b.WriteString(" (")
-		b.WriteString(strings.Join(meta, ", "))
-		b.WriteString(")")
-	}
-	if e.Kind != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Kind.Error())
-	}
-	return b.String()
+	return kms.FormatCallError("aws-kms", e.Op, e.Key, e.Detail, meta, e.Kind)
 }
 
 // Unwrap exposes the kind and the cause.
-func (e *Error) Unwrap() []error {
-	errs := []error{e.Kind}
-	if e.Err != nil {
-		errs = append(errs, e.Err)
-	}
-	return errs
-}
+func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
 // codeKind sorts AWS error codes. KMS codes come first; the credential codes
 // are STS's and the signer's, which surface when the default credential

@@ -3,7 +3,6 @@ package gcp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -46,35 +45,15 @@ type Error struct {
 
 // Error renders "gcp-kms: OP KEY: DETAIL (CODE): KIND".
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("gcp-kms: ")
-	b.WriteString(e.Op)
-	if e.Key != "" {
-		b.WriteString(" ")
-		b.WriteString(e.Key)
-	}
-	if e.Detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Detail)
-	}
+	var meta []string
 	if e.Code != codes.OK {
-		fmt.Fprintf(&b, " (gRPC %s)", e.Code)
+		meta = append(meta, "gRPC "+e.Code.String())
 	}
-	if e.Kind != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Kind.Error())
-	}
-	return b.String()
+	return kms.FormatCallError("gcp-kms", e.Op, e.Key, e.Detail, meta, e.Kind)
 }
 
 // Unwrap exposes the kind and the cause.
-func (e *Error) Unwrap() []error {
-	errs := []error{e.Kind}
-	if e.Err != nil {
-		errs = append(errs, e.Err)
-	}
-	return errs
-}
+func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
 const maxDetail = 300
 

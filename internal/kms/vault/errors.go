@@ -35,35 +35,15 @@ type Error struct {
 
 // Error renders "vault-transit: OP PATH: DETAIL (HTTP N): KIND".
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("vault-transit: ")
-	b.WriteString(e.Op)
-	if e.Path != "" {
-		b.WriteString(" ")
-		b.WriteString(e.Path)
-	}
-	if e.Detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Detail)
-	}
+	var meta []string
 	if e.StatusCode != 0 {
-		fmt.Fprintf(&b, " (HTTP %d)", e.StatusCode)
+		meta = append(meta, fmt.Sprintf("HTTP %d", e.StatusCode))
 	}
-	if e.Kind != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Kind.Error())
-	}
-	return b.String()
+	return kms.FormatCallError("vault-transit", e.Op, e.Path, e.Detail, meta, e.Kind)
 }
 
 // Unwrap exposes the kind and the cause.
-func (e *Error) Unwrap() []error {
-	errs := []error{e.Kind}
-	if e.Err != nil {
-		errs = append(errs, e.Err)
-	}
-	return errs
-}
+func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
 // Vault error texts that sort a 4xx answer. Vault has no error codes, so
 // this is the one place that reads its messages.

@@ -30,6 +30,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/keyshift/keyshift/internal/testbin"
 )
 
 // The account and region the server puts in every ARN.
@@ -76,22 +78,8 @@ func AliasARN(alias string) string { return "arn:aws:kms:" + Region + ":" + Acco
 // the command that installs it; KEYSHIFT_SKIP_AWS=1 skips the test instead.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if os.Getenv("KEYSHIFT_SKIP_AWS") == "1" {
-		t.Skip("KEYSHIFT_SKIP_AWS=1: skipping tests against a real local-kms server")
-	}
-	bin := os.Getenv("KEYSHIFT_LOCAL_KMS_BIN")
-	if bin == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatalf("no home directory to find the local-kms binary in: %v", err)
-		}
-		bin = filepath.Join(home, ".cache", "keyshift", "bin", "local-kms")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("local-kms binary %s not found (%v): run %s from the repository root (about 25 s), "+
-			"or set KEYSHIFT_LOCAL_KMS_BIN to a local-kms binary, or KEYSHIFT_SKIP_AWS=1 to skip", bin, err, InstallCommand)
-	}
-	return bin
+	return testbin.Binary{Name: "local-kms", What: "local-kms server", BinEnv: "KEYSHIFT_LOCAL_KMS_BIN",
+		SkipEnv: "KEYSHIFT_SKIP_AWS", Install: InstallCommand + " (about 25 s)"}.Find(t)
 }
 
 // SetEnv points the AWS SDK's default configuration at test credentials

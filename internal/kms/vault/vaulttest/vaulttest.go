@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keyshift/keyshift/internal/testbin"
 )
 
 // RootToken is the dev server's root token; tests hand clients other
@@ -44,22 +45,8 @@ type Server struct {
 // command that installs it, unless KEYSHIFT_SKIP_VAULT=1.
 func vaultBinary(t testing.TB) string {
 	t.Helper()
-	if os.Getenv("KEYSHIFT_SKIP_VAULT") == "1" {
-		t.Skip("KEYSHIFT_SKIP_VAULT=1: skipping tests against a real Vault server")
-	}
-	bin := os.Getenv("KEYSHIFT_VAULT_BIN")
-	if bin == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatalf("no home directory to find the Vault binary in: %v", err)
-		}
-		bin = filepath.Join(home, ".cache", "keyshift", "bin", "vault")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("Vault server binary %s not found (%v): run scripts/install-vault.sh from the repository root, "+
-			"or set KEYSHIFT_VAULT_BIN, or KEYSHIFT_SKIP_VAULT=1 to skip", bin, err)
-	}
-	return bin
+	return testbin.Binary{Name: "vault", What: "Vault server", BinEnv: "KEYSHIFT_VAULT_BIN",
+		SkipEnv: "KEYSHIFT_SKIP_VAULT", Install: "scripts/install-vault.sh"}.Find(t)
 }
 
 // Start starts a dev-mode Vault with the transit engine enabled and stops

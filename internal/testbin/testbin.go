@@ -1,0 +1,46 @@
+// Package testbin finds the real server binaries that tests start (Vault,
+// local-kms), built by the scripts in scripts/ into ~/.cache/keyshift/bin.
+// A missing binary fails the test with the command that builds it: a
+// skipped test would read as a pass. Only an explicit opt-out skips.
+package testbin
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Binary describes one server binary.
+type Binary struct {
+	// Name is the file name in ~/.cache/keyshift/bin ("vault").
+	Name string
+	// What names the server in messages ("Vault server").
+	What string
+	// BinEnv overrides the path ("KEYSHIFT_VAULT_BIN").
+	BinEnv string
+	// SkipEnv, set to 1, skips the test instead ("KEYSHIFT_SKIP_VAULT").
+	SkipEnv string
+	// Install is how to build it, from the repository root.
+	Install string
+}
+
+// Find returns the binary's path, or skips (SkipEnv=1) or fails the test.
+func (b Binary) Find(t testing.TB) string {
+	t.Helper()
+	if os.Getenv(b.SkipEnv) == "1" {
+		t.Skipf("%s=1: skipping tests against a real %s", b.SkipEnv, b.What)
+	}
+	bin := os.Getenv(b.BinEnv)
+	if bin == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			t.Fatalf("no home directory to find the %s binary in: %v", b.What, err)
+		}
+		bin = filepath.Join(home, ".cache", "keyshift", "bin", b.Name)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s binary %s not found (%v): run %s from the repository root, or set %s, or %s=1 to skip",
+			b.What, bin, err, b.Install, b.BinEnv, b.SkipEnv)
+	}
+	return bin
+}

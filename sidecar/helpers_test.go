@@ -233,3 +233,40 @@ func (e *env) metricsURL() string {
 func kmsWrapped(v keyset.Version) kms.WrappedKey {
 	return kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}
 }
+
+// startSidecar starts a real sidecar on cfg and a client on its socket;
+// both stop when the test ends.
+func startSidecar(tb testing.TB, cfg Config) (*Server, *client.Client) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		cancel()
+		tb.Fatal(err)
+	}
+	c, err := client.Dial(cfg.Socket)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close(); cancel(); s.Wait() })
+	return s, c
+}
+
+// nextVersion returns the keyset file at path with a new pending version
+// generated through reg; the file itself is left as it is.
+func nextVersion(tb testing.TB, reg kms.Registry, path string) *keyset.Keyset {
+	tb.Helper()
+	ks, err := keyset.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w, err := reg.Open(context.Background(), ks.KMS)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	next, err := rotation.AddVersion(context.Background(), w, ks, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return next
+}

@@ -69,33 +69,11 @@ func newAWSEnv(tb testing.TB) *awsEnv {
 }
 
 func (e *awsEnv) start(tb testing.TB) (*Server, *client.Client) {
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := Start(ctx, Config{Socket: filepath.Join(e.dir, "s.sock"), Keysets: map[string]string{"payments": e.ksPath},
+	return startSidecar(tb, Config{Socket: filepath.Join(e.dir, "s.sock"), Keysets: map[string]string{"payments": e.ksPath},
 		KMS: e.reg, KMSTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		cancel()
-		tb.Fatal(err)
-	}
-	c, err := client.Dial(filepath.Join(e.dir, "s.sock"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close(); cancel(); s.Wait() })
-	return s, c
 }
 
-func (e *awsEnv) next(tb testing.TB) *keyset.Keyset {
-	ks, err := keyset.ReadFile(e.ksPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	w, _ := e.reg.Open(context.Background(), e.uri)
-	next, err := rotation.AddVersion(context.Background(), w, ks, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return next
-}
+func (e *awsEnv) next(tb testing.TB) *keyset.Keyset { return nextVersion(tb, e.reg, e.ksPath) }
 
 // The KMS process is killed mid-run and restarted: traffic never fails, a
 // version published while it is down loads once it is back, and every

@@ -49,18 +49,10 @@ func TestGCPKMSOutageAndThrottling(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyset.WriteFile(ksPath, ks)
-	sctx, cancel := context.WithCancel(ctx)
-	s, err := Start(sctx, Config{Socket: filepath.Join(dir, "s.sock"), Keysets: map[string]string{"payments": ksPath}, KMS: reg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); s.Wait() })
+	s, _ := startSidecar(t, Config{Socket: filepath.Join(dir, "s.sock"), Keysets: map[string]string{"payments": ksPath}, KMS: reg, Logger: slog.New(slog.DiscardHandler)})
 	<-s.Ready()
 
-	next, err := rotation.AddVersion(ctx, w, ks, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := nextVersion(t, reg, ksPath)
 	var fails atomic.Int64
 	done := make(chan struct{})
 	go func() {

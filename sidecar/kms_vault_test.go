@@ -59,34 +59,13 @@ func newVaultEnv(t *testing.T) *vaultEnv {
 }
 
 func (e *vaultEnv) start(t *testing.T, logs *syncBuffer) (*Server, *client.Client) {
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := Start(ctx, Config{Socket: filepath.Join(e.dir, "s.sock"), Keysets: map[string]string{"payments": e.ksPath},
+	return startSidecar(t, Config{Socket: filepath.Join(e.dir, "s.sock"), Keysets: map[string]string{"payments": e.ksPath},
 		KMS: providers.Registry(nil), KMSTimeout: 500 * time.Millisecond, MetricsAddr: "127.0.0.1:0",
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	c, err := client.Dial(filepath.Join(e.dir, "s.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); cancel(); s.Wait() })
-	return s, c
 }
 
 func (e *vaultEnv) nextVersion(t *testing.T) *keyset.Keyset {
-	ctx := context.Background()
-	w, _ := providers.Registry(nil).Open(ctx, e.uri)
-	ks, err := keyset.ReadFile(e.ksPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := rotation.AddVersion(ctx, w, ks, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return next
+	return nextVersion(t, providers.Registry(nil), e.ksPath)
 }
 
 // Vault goes away while the sidecar runs: traffic continues from memory

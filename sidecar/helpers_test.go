@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,26 +15,9 @@ import (
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/testbin"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
-
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is one real sidecar on a real Unix socket with a local KMS and keyset
 // files in a temporary directory.
@@ -48,7 +29,7 @@ type env struct {
 	files   map[string]string
 	srv     *Server
 	cfg     Config
-	logs    *syncBuffer
+	logs    *testbin.SyncBuffer
 	client  *client.Client
 	cancel  context.CancelFunc
 }
@@ -75,7 +56,7 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, dir: dir, kekPath: filepath.Join(dir, "kek.json"), logs: &syncBuffer{}}
+	e := &env{t: t, dir: dir, kekPath: filepath.Join(dir, "kek.json"), logs: &testbin.SyncBuffer{}}
 	e.kms = local.New(e.kekPath)
 	e.files = map[string]string{"payments": filepath.Join(dir, "payments.json")}
 	e.cfg = Config{

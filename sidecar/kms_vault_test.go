@@ -19,6 +19,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/kms/vault/vaulttest"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/testbin"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 
@@ -58,7 +59,7 @@ func newVaultEnv(t *testing.T) *vaultEnv {
 	return e
 }
 
-func (e *vaultEnv) start(t *testing.T, logs *syncBuffer) (*Server, *client.Client) {
+func (e *vaultEnv) start(t *testing.T, logs *testbin.SyncBuffer) (*Server, *client.Client) {
 	return startSidecar(t, Config{Socket: filepath.Join(e.dir, "s.sock"), Keysets: map[string]string{"payments": e.ksPath},
 		KMS: providers.Registry(nil), KMSTimeout: 500 * time.Millisecond, MetricsAddr: "127.0.0.1:0",
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
@@ -73,7 +74,7 @@ func (e *vaultEnv) nextVersion(t *testing.T) *keyset.Keyset {
 // and loads as soon as Vault answers again. No KMS call is on the hot path.
 func TestVaultOutageWhileRunning(t *testing.T) {
 	e := newVaultEnv(t)
-	logs := &syncBuffer{}
+	logs := &testbin.SyncBuffer{}
 	s, c := e.start(t, logs)
 	<-s.Ready()
 	next := e.nextVersion(t) // generated while Vault is up
@@ -116,7 +117,7 @@ func TestVaultOutageWhileRunning(t *testing.T) {
 func TestVaultDownAtStartup(t *testing.T) {
 	e := newVaultEnv(t)
 	e.vault.Signal(syscall.SIGSTOP)
-	logs := &syncBuffer{}
+	logs := &testbin.SyncBuffer{}
 	s, c := e.start(t, logs)
 	waitUntil(t, func() bool { return strings.Contains(s.lastError("payments"), "unavailable") }, "first load fails")
 	if _, err := c.Encrypt(ctxT(t), []byte("x"), nil); status.Code(err) != codes.Unavailable {
@@ -138,7 +139,7 @@ func TestVaultDownAtStartup(t *testing.T) {
 // keyring keeps serving and the process stays up.
 func TestVaultRevokedToken(t *testing.T) {
 	e := newVaultEnv(t)
-	logs := &syncBuffer{}
+	logs := &testbin.SyncBuffer{}
 	s, c := e.start(t, logs)
 	<-s.Ready()
 	next := e.nextVersion(t)

@@ -1,12 +1,15 @@
-// Package testbin finds the real server binaries that tests start (Vault,
-// local-kms), built by the scripts in scripts/ into ~/.cache/keyshift/bin.
-// A missing binary fails the test with the command that builds it: a
-// skipped test would read as a pass. Only an explicit opt-out skips.
+// Package testbin supports tests that run real server processes (Vault,
+// local-kms): it finds the binaries the scripts in scripts/ build into
+// ~/.cache/keyshift/bin, and collects their output. A missing binary fails
+// the test with the command that builds it: a skipped test would read as a
+// pass. Only an explicit opt-out skips.
 package testbin
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -43,4 +46,25 @@ func (b Binary) Find(t testing.TB) string {
 			b.What, bin, err, b.Install, b.BinEnv, b.SkipEnv)
 	}
 	return bin
+}
+
+// SyncBuffer collects output written by a server process or by concurrent
+// goroutines (logs) while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String is everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

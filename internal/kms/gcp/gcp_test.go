@@ -29,6 +29,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/gcp"
 	"github.com/keyshift/keyshift/internal/kms/gcp/gcpkmstest"
+	"github.com/keyshift/keyshift/internal/testbin"
 )
 
 const (
@@ -677,30 +678,12 @@ func TestRotateRetries(t *testing.T) {
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestLogsHoldNoKeyMaterial runs successes, retries and failures with a
 // debug logger and looks for the DEK and the wrapped key in every encoding.
 func TestLogsHoldNoKeyMaterial(t *testing.T) {
 	srv := startServer(t)
 	admin := adminClient(t, srv)
-	var buf syncBuffer
+	var buf testbin.SyncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := newClient(t, srv, keyName, gcp.WithLogger(log))
 	ctx := t.Context()
@@ -765,7 +748,7 @@ func TestLogsHoldNoKeyMaterial(t *testing.T) {
 
 func TestOpener(t *testing.T) {
 	srv := startServer(t)
-	var buf syncBuffer
+	var buf testbin.SyncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := kms.Registry{gcp.Scheme: gcp.Opener(log, gcp.WithEndpoint(srv.Addr()), gcp.WithInsecure())}
 	w, err := reg.Open(t.Context(), "gcp-kms://"+keyName)

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -25,6 +24,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/testbin"
 )
 
 func writeFile(t *testing.T, content string) string {
@@ -164,7 +164,7 @@ func TestKubernetesAuth(t *testing.T) {
 	jwtFile := writeFile(t, jwt+"\n")
 
 	t.Run("login, use, renew and log in again", func(t *testing.T) {
-		var logs syncBuffer
+		var logs testbin.SyncBuffer
 		log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c := newTestClient(t, s, "app", WithLogger(log), WithKubernetesAuth(KubernetesAuth{Role: "keyshift", TokenFile: jwtFile, Mount: "k8s-prod"}))
 		dek := randomDEK(t)
@@ -287,22 +287,4 @@ func TestKubernetesLoginRequest(t *testing.T) {
 	if diff := cmp.Diff(want, reqs); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger written from the renewal goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -126,7 +126,7 @@ type Server struct {
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *testbin.SyncBuffer
 	exited chan struct{}
 }
 
@@ -156,7 +156,7 @@ var startedLine = regexp.MustCompile(`Local KMS started on [^ ]*:(\d+)`)
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := &lockedBuffer{}
+	out := &testbin.SyncBuffer{}
 	cmd := exec.Command(s.bin)
 	cmd.Dir = s.dir
 	cmd.Env = []string{
@@ -324,21 +324,4 @@ func BackingKeyIndex(ciphertext []byte) (int, bool) {
 	}
 	v := ciphertext[1+n : 1+n+4]
 	return int(uint32(v[0]) | uint32(v[1])<<8 | uint32(v[2])<<16 | uint32(v[3])<<24), true
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

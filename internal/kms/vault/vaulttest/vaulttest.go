@@ -37,7 +37,7 @@ type Server struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
-	out *bytes.Buffer
+	out *testbin.SyncBuffer
 }
 
 // vaultBinary finds the server binary: KEYSHIFT_VAULT_BIN, else
@@ -83,7 +83,7 @@ func freePort(t testing.TB) int {
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := &bytes.Buffer{}
+	out := &testbin.SyncBuffer{}
 	cmd := exec.Command(s.bin, "server", "-dev",
 		"-dev-root-token-id="+RootToken,
 		"-dev-listen-address=127.0.0.1:"+strconv.Itoa(s.port),
@@ -92,7 +92,7 @@ func (s *Server) start() error {
 	// A clean environment: no VAULT_* from the developer's shell, and a
 	// private HOME so nothing lands in the real one.
 	cmd.Env = []string{"HOME=" + s.home, "PATH=" + os.Getenv("PATH")}
-	cmd.Stdout = &lockedWriter{w: out}
+	cmd.Stdout = out
 	cmd.Stderr = cmd.Stdout
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -106,7 +106,7 @@ func (s *Server) start() error {
 	for {
 		select {
 		case <-exited:
-			return fmt.Errorf("vault dev server exited at start:\n%s", cmd.Stdout.(*lockedWriter).String())
+			return fmt.Errorf("vault dev server exited at start:\n%s", out.String())
 		default:
 		}
 		resp, err := http.Get(s.Addr + "/v1/sys/health")
@@ -118,7 +118,7 @@ func (s *Server) start() error {
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
-			return fmt.Errorf("vault dev server not healthy after 30s:\n%s", cmd.Stdout.(*lockedWriter).String())
+			return fmt.Errorf("vault dev server not healthy after 30s:\n%s", out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -252,22 +252,4 @@ path "transit/keys/+/rotate"      { capabilities = ["update"] }
 	if err := s.RootClient().Sys().PutPolicy("keyshift", policy); err != nil {
 		s.t.Fatal(err)
 	}
-}
-
-// lockedWriter lets the test read the server's output while it writes.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }

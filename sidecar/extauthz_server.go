@@ -359,13 +359,7 @@ func startExtAuthz(ctx context.Context, svc *Service, m *Metrics, log *slog.Logg
 	stop = func() {
 		once.Do(func() {
 			close(done)
-			stopped := make(chan struct{})
-			go func() { gs.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-time.After(5 * time.Second):
-				gs.Stop()
-			}
+			stopGRPC(gs, 5*time.Second)
 			closeAll()
 			wg.Wait()
 			log.Info("ext_authz stopped")

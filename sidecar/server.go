@@ -229,13 +229,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		<-ctx.Done()
 		s.health.Shutdown()
 		dm.close()
-		stopped := make(chan struct{})
-		go func() { gs.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(5 * time.Second):
-			gs.Stop()
-		}
+		stopGRPC(gs, 5*time.Second)
 		stopAuthz()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -407,4 +401,15 @@ func (s *Server) opsHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// stopGRPC lets in-flight calls finish for up to grace, then cuts the rest.
+func stopGRPC(gs *grpc.Server, grace time.Duration) {
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(grace):
+		gs.Stop()
+	}
 }

@@ -10,11 +10,18 @@
 //     init container with restartPolicy Always whose startup probe holds
 //     the app back until the keys are loaded) or, for older clusters, a
 //     regular container; the shared in-memory socket volume; one Secret
-//     volume per keyset; KEYSHIFT_SOCKET in every app container; and the
-//     keyshift.io/status annotation that makes a second pass a no-op.
+//     volume per keyset; the KMS settings Secret (keyshift.io/kms-env-from)
+//     as the sidecar's envFrom; KEYSHIFT_SOCKET in every app container;
+//     and the keyshift.io/status annotation that makes a second pass a
+//     no-op.
 //   - Diff, which turns the before and after JSON into an RFC 6902 patch,
 //     so no patch is ever written by hand.
 //   - The HTTPS server: /mutate (Handler, admission.k8s.io/v1), /healthz,
-//     /readyz and /metrics, a certificate reloaded from disk when it
-//     changes, bounded requests and a graceful shutdown.
+//     /readyz and /metrics, bounded requests and a graceful shutdown. Its
+//     certificate comes either from files reloaded when they change
+//     (written by cert-manager, say), or, with SelfSignedConfig, from the
+//     injector itself: a CA and a serving certificate in a Secret that
+//     every replica serves from and renews in place (Create and Update at
+//     a resourceVersion settle races between replicas), with the CA
+//     bundle kept in the webhook configuration's caBundle.
 package injector

@@ -316,6 +316,15 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 			corev1.EnvVar{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}},
 			corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}})
 	}
+	var envFrom []corev1.EnvFromSource
+	if pc.KMSEnvFrom != "" {
+		// The sidecar's KMS settings and credentials: the sidecar alone
+		// gets them, and Env above wins over a key of the same name.
+		envFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: pc.KMSEnvFrom},
+			Optional:             ptr(false),
+		}}}
+	}
 	probe := func(p string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -336,6 +345,7 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 			Name: "keyshift-ops", ContainerPort: pc.OpsPort, Protocol: corev1.ProtocolTCP,
 		}},
 		Env:          env,
+		EnvFrom:      envFrom,
 		Resources:    *pc.Resources.DeepCopy(),
 		VolumeMounts: mounts,
 		// Passes once every keyset is loaded; in native mode the kubelet

@@ -98,6 +98,7 @@ func TestInjectGolden(t *testing.T) {
 			"container envoy sets KEYSHIFT_SOCKET itself, not to /var/run/keyshift/keyshift.sock; it was left as written",
 		}},
 		{name: "long-keyset", cfg: testConfig()},
+		{name: "kms-env", cfg: withXDS},
 		{name: "not-annotated", cfg: testConfig()},
 		{name: "inject-false", cfg: testConfig(), warnings: []string{
 			`keyshift.io/keysets set but keyshift.io/inject is not "true": no keyshift sidecar injected`,
@@ -302,6 +303,44 @@ func TestWarnings(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if diff := cmp.Diff(tt.want, Warnings(tt.pod, testConfig())); diff != "" {
 				t.Errorf("Warnings (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestKMSEnvFromSidecarOnly checks that keyshift.io/kms-env-from gives the
+// Secret's variables to the sidecar and to no app container, in both
+// sidecar modes.
+func TestKMSEnvFromSidecarOnly(t *testing.T) {
+	for _, mode := range []SidecarMode{ModeNative, ModeRegular} {
+		t.Run(string(mode), func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Mode = mode
+			pod := readPod(t, "kms-env")
+			pod.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "example.com/migrate:1"}}
+			got, err := Inject(pod, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "shop-kms-credentials"},
+				Optional:             ptr(false),
+			}}}
+			var sidecars int
+			for _, c := range append(append([]corev1.Container{}, got.Spec.InitContainers...), got.Spec.Containers...) {
+				if c.Name == ContainerName {
+					sidecars++
+					if diff := cmp.Diff(want, c.EnvFrom); diff != "" {
+						t.Errorf("sidecar envFrom (-want +got):\n%s", diff)
+					}
+					continue
+				}
+				if c.EnvFrom != nil {
+					t.Errorf("container %s got envFrom %v", c.Name, c.EnvFrom)
+				}
+			}
+			if sidecars != 1 {
+				t.Fatalf("%d sidecars", sidecars)
 			}
 		})
 	}

@@ -18,6 +18,9 @@ type Metrics struct {
 	duration   *prometheus.HistogramVec
 	tlsReloads *prometheus.CounterVec
 	certExpiry prometheus.Gauge
+	// Self-managed certificate (--cert-mode=self) only.
+	secretWrites    *prometheus.CounterVec
+	caBundlePatches *prometheus.CounterVec
 }
 
 // NewMetrics registers the injector's metrics on a fresh registry.
@@ -35,14 +38,22 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyshift_injector_tls_reloads_total",
-			Help: "Serving certificate reloads from disk, by result (ok or error; on error the previous certificate stays).",
+			Help: "Serving certificate reloads, from the files or from the self-managed Secret, by result (ok or error; on error the previous certificate stays).",
 		}, []string{"result"}),
 		certExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keyshift_injector_tls_cert_not_after_seconds",
 			Help: "Unix time the serving certificate in use expires.",
 		}),
+		secretWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyshift_injector_tls_secret_writes_total",
+			Help: "Writes of the self-managed TLS Secret by result: created, renewed, conflict (another replica wrote first; reread), error.",
+		}, []string{"result"}),
+		caBundlePatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyshift_injector_cabundle_patches_total",
+			Help: "Patches of the webhook configuration's caBundle by the self-managed certificate, by result (ok or error).",
+		}, []string{"result"}),
 	}
-	m.Registry.MustRegister(m.admissions, m.duration, m.tlsReloads, m.certExpiry,
+	m.Registry.MustRegister(m.admissions, m.duration, m.tlsReloads, m.certExpiry, m.secretWrites, m.caBundlePatches,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError, ResultInvalid} {
 		m.admissions.WithLabelValues(r)
@@ -68,4 +79,22 @@ func (m *Metrics) reloaded(ok bool, notAfter time.Time) {
 	}
 	m.tlsReloads.WithLabelValues("ok").Inc()
 	m.certExpiry.Set(float64(notAfter.Unix()))
+}
+
+func (m *Metrics) secretWrite(result string) {
+	if m == nil {
+		return
+	}
+	m.secretWrites.WithLabelValues(result).Inc()
+}
+
+func (m *Metrics) caBundlePatched(ok bool) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	m.caBundlePatches.WithLabelValues(result).Inc()
 }

@@ -39,6 +39,9 @@ type PodConfig struct {
 	LogLevel string
 	// OpsPort serves the sidecar's /livez, /readyz and /metrics.
 	OpsPort int32
+	// KMSEnvFrom is the Secret whose keys become the sidecar's environment
+	// (its KMS configuration and credentials), or "" for none.
+	KMSEnvFrom string
 }
 
 // KeysetRef is one keyset and the Secret it is mounted from.
@@ -101,6 +104,7 @@ const (
 	wantQuantity    = `a positive Kubernetes quantity such as "100m" for CPU or "64Mi" for memory`
 	wantLogLevel    = `debug, info, warn or error`
 	wantOpsPort     = `a port number from 1024 to 65535 that no container in the pod uses, such as "9495"`
+	wantKMSEnvFrom  = `the name of one Secret in the pod's namespace holding the sidecar's KMS settings, such as "kms-credentials" (lowercase letters, digits, '-' and '.')`
 )
 
 // requested reports whether the pod asks for injection.
@@ -274,6 +278,14 @@ func parseAnnotations(ann map[string]string, cfg Config) (*PodConfig, error) {
 			bad(annotation.LogLevel, "is not a log level", wantLogLevel)
 		} else {
 			pc.LogLevel = v
+		}
+	}
+
+	if v, ok := ann[annotation.KMSEnvFrom]; ok {
+		if len(validation.IsDNS1123Subdomain(v)) != 0 {
+			bad(annotation.KMSEnvFrom, "is not a Secret name", wantKMSEnvFrom)
+		} else {
+			pc.KMSEnvFrom = v
 		}
 	}
 

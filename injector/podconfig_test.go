@@ -93,6 +93,7 @@ func TestParseAnnotations(t *testing.T) {
 				"keyshift.io/memory-limit", "128Mi",
 				"keyshift.io/log-level", "debug",
 				"keyshift.io/ops-port", "9600",
+				"keyshift.io/kms-env-from", "shop-kms.credentials",
 			),
 			want: &PodConfig{
 				Keysets:        []KeysetRef{{Name: "payments", Secret: "payments"}, {Name: "users", Secret: "users-keyset"}},
@@ -104,6 +105,7 @@ func TestParseAnnotations(t *testing.T) {
 				Resources:      res("50m", "200m", "48Mi", "128Mi"),
 				LogLevel:       "debug",
 				OpsPort:        9600,
+				KMSEnvFrom:     "shop-kms.credentials",
 			},
 		},
 		{name: "ext-authz port", ann: base("keyshift.io/ext-authz", "9300", "keyshift.io/ext-authz-policy", "p"), want: defaults(func(p *PodConfig) {
@@ -121,6 +123,7 @@ func TestParseAnnotations(t *testing.T) {
 		{name: "allowed-uids root", ann: base("keyshift.io/allowed-uids", "0"), want: defaults(func(p *PodConfig) { p.AllowedUIDs = &UIDList{UIDs: []int64{0}} })},
 		{name: "memory request up to the default limit", ann: base("keyshift.io/memory-request", "64Mi"), want: defaults(func(p *PodConfig) { p.Resources = res("10m", "", "64Mi", "64Mi") })},
 		{name: "keyset of 63 characters", ann: base("keyshift.io/keysets", long[:63]), want: defaults(func(p *PodConfig) { p.Keysets = []KeysetRef{{Name: long[:63], Secret: long[:63]}} })},
+		{name: "kms-env-from", ann: base("keyshift.io/kms-env-from", "kms-credentials"), want: defaults(func(p *PodConfig) { p.KMSEnvFrom = "kms-credentials" })},
 		{name: "status is a known key", ann: base("keyshift.io/status", "{}"), want: defaults(nil)},
 		{name: "other prefixes are not ours", ann: base("sidecar.istio.io/inject", "true", "keyshift.iox/foo", "1"), want: defaults(nil)},
 
@@ -211,10 +214,18 @@ func TestParseAnnotations(t *testing.T) {
 			err: `annotation keyshift.io/ops-port="http": is not a port number; write a port number from 1024 to 65535 that no container in the pod uses, such as "9495"`},
 		{name: "ops-port privileged", ann: base("keyshift.io/ops-port", "80"),
 			err: `annotation keyshift.io/ops-port="80": is outside 1024..65535 (the sidecar runs without privileges); write a port number from 1024 to 65535 that no container in the pod uses, such as "9495"`},
+		{name: "kms-env-from not a name", ann: base("keyshift.io/kms-env-from", "KMS_Credentials"),
+			err: `annotation keyshift.io/kms-env-from="KMS_Credentials": is not a Secret name; write the name of one Secret in the pod's namespace holding the sidecar's KMS settings, such as "kms-credentials" (lowercase letters, digits, '-' and '.')`},
+		{name: "kms-env-from empty", ann: base("keyshift.io/kms-env-from", ""),
+			err: `annotation keyshift.io/kms-env-from="": is not a Secret name; write the name of one Secret in the pod's namespace holding the sidecar's KMS settings, such as "kms-credentials" (lowercase letters, digits, '-' and '.')`},
+		{name: "kms-env-from a list", ann: base("keyshift.io/kms-env-from", "aws,vault"),
+			err: `annotation keyshift.io/kms-env-from="aws,vault": is not a Secret name; write the name of one Secret in the pod's namespace holding the sidecar's KMS settings, such as "kms-credentials" (lowercase letters, digits, '-' and '.')`},
+		{name: "kms-env-from misspelt", ann: base("keyshift.io/kms-env-form", "kms-credentials"),
+			err: `annotation keyshift.io/kms-env-form="kms-credentials": is not a keyshift annotation; write keyshift.io/kms-env-from (did you mean it?) or one of keyshift.io/inject, keyshift.io/keysets, keyshift.io/socket-dir, keyshift.io/ext-authz, keyshift.io/ext-authz-policy, keyshift.io/ext-authz-allowed-uids, keyshift.io/allowed-uids, keyshift.io/cpu-request, keyshift.io/cpu-limit, keyshift.io/memory-request, keyshift.io/memory-limit, keyshift.io/log-level, keyshift.io/ops-port, keyshift.io/kms-env-from`},
 		{name: "unknown key near a known one", ann: base("keyshift.io/keyset", "payments"),
-			err: `annotation keyshift.io/keyset="payments": is not a keyshift annotation; write keyshift.io/keysets (did you mean it?) or one of keyshift.io/inject, keyshift.io/keysets, keyshift.io/socket-dir, keyshift.io/ext-authz, keyshift.io/ext-authz-policy, keyshift.io/ext-authz-allowed-uids, keyshift.io/allowed-uids, keyshift.io/cpu-request, keyshift.io/cpu-limit, keyshift.io/memory-request, keyshift.io/memory-limit, keyshift.io/log-level, keyshift.io/ops-port`},
+			err: `annotation keyshift.io/keyset="payments": is not a keyshift annotation; write keyshift.io/keysets (did you mean it?) or one of keyshift.io/inject, keyshift.io/keysets, keyshift.io/socket-dir, keyshift.io/ext-authz, keyshift.io/ext-authz-policy, keyshift.io/ext-authz-allowed-uids, keyshift.io/allowed-uids, keyshift.io/cpu-request, keyshift.io/cpu-limit, keyshift.io/memory-request, keyshift.io/memory-limit, keyshift.io/log-level, keyshift.io/ops-port, keyshift.io/kms-env-from`},
 		{name: "unknown key", ann: base("keyshift.io/sidecar-image", "evil:latest"),
-			err: `annotation keyshift.io/sidecar-image="evil:latest": is not a keyshift annotation; write one of keyshift.io/inject, keyshift.io/keysets, keyshift.io/socket-dir, keyshift.io/ext-authz, keyshift.io/ext-authz-policy, keyshift.io/ext-authz-allowed-uids, keyshift.io/allowed-uids, keyshift.io/cpu-request, keyshift.io/cpu-limit, keyshift.io/memory-request, keyshift.io/memory-limit, keyshift.io/log-level, keyshift.io/ops-port`},
+			err: `annotation keyshift.io/sidecar-image="evil:latest": is not a keyshift annotation; write one of keyshift.io/inject, keyshift.io/keysets, keyshift.io/socket-dir, keyshift.io/ext-authz, keyshift.io/ext-authz-policy, keyshift.io/ext-authz-allowed-uids, keyshift.io/allowed-uids, keyshift.io/cpu-request, keyshift.io/cpu-limit, keyshift.io/memory-request, keyshift.io/memory-limit, keyshift.io/log-level, keyshift.io/ops-port, keyshift.io/kms-env-from`},
 		{name: "every problem at once", ann: base("keyshift.io/keysets", "A", "keyshift.io/log-level", "loud", "keyshift.io/ops-port", "1"),
 			err: `annotation keyshift.io/keysets="A": keyset name "A" is not lowercase letters, digits and inner '-' (at most 63); write NAME or NAME=SECRET, comma-separated, such as "payments,users=users-keyset"` + "\n" +
 				`annotation keyshift.io/ops-port="1": is outside 1024..65535 (the sidecar runs without privileges); write a port number from 1024 to 65535 that no container in the pod uses, such as "9495"` + "\n" +

@@ -26,9 +26,15 @@ type ServerConfig struct {
 	// CertFile and KeyFile are the serving certificate (chain) and key,
 	// reread whenever they change.
 	CertFile, KeyFile string
-	// CertPoll rereads the TLS files this often even without a file event
-	// (default one minute).
+	// CertPoll rereads the TLS files this often even without a file event,
+	// or, with SelfSigned, rereads the Secret and checks the webhook's
+	// caBundle this often (default one minute).
 	CertPoll time.Duration
+	// SelfSigned, when set, replaces CertFile and KeyFile: the injector
+	// makes and renews its own CA and serving certificate in a Secret and
+	// keeps the webhook's caBundle in step (for clusters without
+	// cert-manager).
+	SelfSigned *SelfSignedConfig
 	// Injector is what gets injected.
 	Injector Config
 	// MaxRequestBytes bounds an AdmissionReview (default
@@ -46,6 +52,17 @@ type ServerConfig struct {
 	Metrics *Metrics
 }
 
+// certSource is where the serving certificate comes from: files on disk
+// (certReloader) or the self-managed Secret (selfCert).
+type certSource interface {
+	// GetCertificate is the tls.Config hook; it must not block.
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// run keeps the certificate current until ctx ends.
+	run(ctx context.Context)
+	// notReady says why the API server cannot use this replica yet, or "".
+	notReady() string
+}
+
 // Server is a running admission server.
 type Server struct {
 	addr, opsAddr net.Addr
@@ -55,7 +72,9 @@ type Server struct {
 }
 
 // Start checks cfg, loads the certificate, listens, and serves until ctx is
-// canceled. It returns once the listeners are open.
+// canceled. It returns once the listeners are open. With SelfSigned it
+// first gets or creates the TLS Secret, retrying for its StartTimeout
+// while the API server cannot be reached.
 func Start(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -71,7 +90,17 @@ func Start(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile, cfg.CertPoll, log, cfg.Metrics)
+	var certs certSource
+	certMode := "files"
+	if cfg.SelfSigned != nil {
+		if cfg.CertFile != "" || cfg.KeyFile != "" {
+			return nil, fmt.Errorf("%w: TLS files and a self-managed certificate exclude each other; pick one (--cert-mode)", ErrConfig)
+		}
+		certMode = "self"
+		certs, err = newSelfCert(ctx, *cfg.SelfSigned, cfg.CertPoll, log, cfg.Metrics)
+	} else {
+		certs, err = newCertReloader(cfg.CertFile, cfg.KeyFile, cfg.CertPoll, log, cfg.Metrics)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -84,6 +113,10 @@ func Start(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if !s.ready.Load() {
 				http.Error(w, "shutting down", http.StatusServiceUnavailable)
+				return
+			}
+			if why := certs.notReady(); why != "" {
+				http.Error(w, why, http.StatusServiceUnavailable)
 				return
 			}
 			_, _ = w.Write([]byte("ok\n"))
@@ -141,7 +174,7 @@ func Start(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		wg.Go(func() { serveErr(opsSrv.Serve(opsL)) })
 	}
 	s.ready.Store(true)
-	log.Info("injector listening", "addr", s.addr.String(), "ops", cfg.OpsAddr, "mode", string(h.cfg.Mode),
+	log.Info("injector listening", "addr", s.addr.String(), "ops", cfg.OpsAddr, "cert_mode", certMode, "mode", string(h.cfg.Mode),
 		"image", h.cfg.Image, "max_request_bytes", h.max)
 
 	go func() {

@@ -183,6 +183,8 @@ func TestAdmissionRoundTrip(t *testing.T) {
 	badPod.Annotations["keyshift.io/keysets"] = "Payments"
 	conflictPod := readPod(t, "minimal")
 	conflictPod.Spec.Containers[0].Ports = append(conflictPod.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: 9495})
+	badKMSEnv := readPod(t, "minimal")
+	badKMSEnv.Annotations["keyshift.io/kms-env-from"] = "aws/credentials"
 	// A value that must never reach a log line.
 	secretPod := readPod(t, "minimal")
 	secretPod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "DB_PASSWORD", Value: "s3cr3t-never-logged"}}
@@ -211,6 +213,14 @@ func TestAdmissionRoundTrip(t *testing.T) {
 			want: &admissionv1.AdmissionResponse{UID: "uid-3", Allowed: false, Result: &metav1.Status{
 				Status: "Failure", Code: 422, Reason: metav1.StatusReasonInvalid,
 				Message: `keyshift: annotation keyshift.io/keysets="Payments": keyset name "Payments" is not lowercase letters, digits and inner '-' (at most 63); write NAME or NAME=SECRET, comma-separated, such as "payments,users=users-keyset"`,
+			}},
+		},
+		{
+			name: "bad kms-env-from is denied with its message",
+			body: review(t, "uid-3b", admissionv1.Create, "pods", badKMSEnv),
+			want: &admissionv1.AdmissionResponse{UID: "uid-3b", Allowed: false, Result: &metav1.Status{
+				Status: "Failure", Code: 422, Reason: metav1.StatusReasonInvalid,
+				Message: `keyshift: annotation keyshift.io/kms-env-from="aws/credentials": is not a Secret name; write the name of one Secret in the pod's namespace holding the sidecar's KMS settings, such as "kms-credentials" (lowercase letters, digits, '-' and '.')`,
 			}},
 		},
 		{
@@ -285,8 +295,8 @@ func TestAdmissionRoundTrip(t *testing.T) {
 	if got := counterValue(ts.metrics.admissions.WithLabelValues(ResultInjected)); got != 3 {
 		t.Errorf("injected count %v, want 3", got)
 	}
-	if got := counterValue(ts.metrics.admissions.WithLabelValues(ResultDenied)); got != 2 {
-		t.Errorf("denied count %v, want 2", got)
+	if got := counterValue(ts.metrics.admissions.WithLabelValues(ResultDenied)); got != 3 {
+		t.Errorf("denied count %v, want 3", got)
 	}
 }
 

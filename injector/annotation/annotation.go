@@ -9,6 +9,7 @@
 //	  annotations:
 //	    keyshift.io/inject: "true"
 //	    keyshift.io/keysets: "payments,users=users-keyset"
+//	    keyshift.io/kms-env-from: "kms-credentials"   # optional
 //
 // A bad value never passes silently: the injector denies the pod and the
 // message names the annotation and what to write instead.
@@ -84,6 +85,22 @@ const LogLevel = Prefix + "log-level"
 // pod already uses that port. A number from 1024 to 65535.
 const OpsPort = Prefix + "ops-port"
 
+// KMSEnvFrom names a Secret, in the pod's namespace, whose keys become
+// environment variables of the sidecar alone (envFrom with a secretRef):
+// how the sidecar gets its KMS configuration and credentials, such as
+// AWS_REGION, AWS_ENDPOINT_URL_KMS, AWS_ACCESS_KEY_ID and
+// AWS_SECRET_ACCESS_KEY for AWS KMS, or VAULT_ADDR and VAULT_TOKEN for
+// Vault. App containers never see them. The value is one Secret name (a
+// DNS-1123 subdomain such as "kms-credentials"); the Secret must exist
+// when the pod starts, or the kubelet holds the sidecar (and, with a
+// native sidecar, the whole pod) back. Keys that are not valid variable
+// names are skipped by the kubelet, and a variable the injector sets
+// itself (KEYSHIFT_SOCKET, POD_NAMESPACE, POD_NAME) wins over a key of
+// the same name. Prefer ambient credentials (IRSA, Workload Identity,
+// Vault Kubernetes auth) where the platform has them; this is for the
+// rest. Default: none.
+const KMSEnvFrom = Prefix + "kms-env-from"
+
 // Status is written by the injector, never by people: its presence marks a
 // pod as already injected, so a second pass (a re-invoked webhook, a pod
 // re-submitted with its status) leaves the pod alone. Its value is a small
@@ -96,6 +113,6 @@ const Status = Prefix + "status"
 func Known() []string {
 	return []string{
 		Inject, Keysets, SocketDir, ExtAuthz, ExtAuthzPolicy, ExtAuthzAllowedUIDs, AllowedUIDs,
-		CPURequest, CPULimit, MemoryRequest, MemoryLimit, LogLevel, OpsPort, Status,
+		CPURequest, CPULimit, MemoryRequest, MemoryLimit, LogLevel, OpsPort, KMSEnvFrom, Status,
 	}
 }

@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,19 +84,31 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	defer trail.Close()
 	eng.Audit = trail
 
-	var wake func() <-chan struct{}
+	term := leadTerm{eng: eng, interval: *interval, log: log}
 	if *xdsAddr != "" {
-		x := xds.NewServer(ctx, log)
+		// Inactive until this replica leads: only the leader publishes and
+		// counts ACKs, so a follower refuses streams rather than hold
+		// sidecars on a snapshot that never changes (see leadTerm).
+		term.xds = xds.NewServer(ctx, log)
+		term.xds.SetActive(false)
 		g := grpc.NewServer()
-		x.Register(g)
+		term.xds.Register(g)
 		l, err := net.Listen("tcp", *xdsAddr)
 		if err != nil {
 			return fmt.Errorf("xds listener: %w", err)
 		}
 		go func() { _ = g.Serve(l) }()
 		defer g.Stop()
-		eng.Dist, wake = x, x.Changed
-		log.Info("serving keysets over xDS", "addr", l.Addr().String())
+		eng.Dist = term.xds
+		log.Info("serving keysets over xDS while leading", "addr", l.Addr().String())
+		if client != nil {
+			// Promotion waits for every pod that uses a keyset, not only
+			// for the sidecars connected at that moment.
+			readers := kube.NewPodReaders(client, *namespace)
+			readers.Start(ctx)
+			eng.Readers = readers.Readers
+			term.pod = leaderPod(client, log)
+		}
 	}
 	if *metrics != "" {
 		mux := http.NewServeMux()
@@ -104,16 +118,77 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		go func() { _ = srv.ListenAndServe() }()
 		defer srv.Close()
 	}
-	run := func(ctx context.Context) { eng.Run(ctx, *interval, wake) }
 	if client == nil || !*leaderElect {
-		run(ctx)
+		term.run(ctx)
 		return nil
 	}
-	err = kube.RunLeader(ctx, client, kube.LeaderConfig{Namespace: *leaseNS, Name: "keyshift-controller", Identity: *identity}, log, run)
+	err = kube.RunLeader(ctx, client, kube.LeaderConfig{Namespace: *leaseNS, Name: "keyshift-controller", Identity: *identity}, log, term.run)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// leaderPod is this replica's pod, to label while it leads, from the
+// POD_NAME and POD_NAMESPACE the Deployment sets; nil when they are unset
+// (a controller run outside the cluster).
+func leaderPod(client kubernetes.Interface, log *slog.Logger) *kube.LeaderPod {
+	name, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if name == "" || ns == "" {
+		log.Warn("POD_NAME or POD_NAMESPACE unset: not labelling this pod " + kube.RoleLabel + "=" + kube.RoleLeader + ", so the xDS Service will not route sidecars here")
+		return nil
+	}
+	return &kube.LeaderPod{Client: client, Namespace: ns, Name: name, Log: log}
+}
+
+// leadTerm is one replica's time as the acting controller. The order is
+// the point: publish every keyset, then accept xDS streams (no subscriber
+// is ever served a snapshot without its keyset), then take the leader
+// label (the Service sends sidecars here only once it serves). On the way
+// out the label goes first, then the streams are closed, so sidecars
+// reconnect to the next leader.
+type leadTerm struct {
+	eng      *rotation.Engine
+	xds      *xds.Server     // nil without xDS
+	pod      *kube.LeaderPod // nil outside a cluster
+	interval time.Duration
+	log      *slog.Logger
+}
+
+// run leads until ctx ends.
+func (t leadTerm) run(ctx context.Context) {
+	var wake func() <-chan struct{}
+	if t.xds != nil {
+		if !t.publishAll(ctx) {
+			return
+		}
+		t.xds.SetActive(true)
+		defer t.xds.SetActive(false)
+		wake = t.xds.Changed
+	}
+	var wg sync.WaitGroup
+	if t.pod != nil {
+		wg.Go(func() { t.pod.Hold(ctx) })
+	}
+	t.eng.Run(ctx, t.interval, wake)
+	wg.Wait()
+}
+
+// publishAll retries Engine.PublishAll until it lists the store, and
+// reports false if ctx ended first.
+func (t leadTerm) publishAll(ctx context.Context) bool {
+	for {
+		err := t.eng.PublishAll(ctx)
+		if err == nil {
+			return true
+		}
+		t.log.Warn("loading keysets before serving xDS failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func hostname() string {

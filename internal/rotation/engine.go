@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -20,6 +21,13 @@ import (
 type Distributor interface {
 	Publish(ctx context.Context, ks *keyset.Keyset) error
 	Status(name string, version uint32) xds.AckStatus
+}
+
+// servingSince is optional on a Distributor that serves only at times (the
+// xDS server of a leader-elected controller serves only while it leads):
+// it reports when it last began serving.
+type servingSince interface {
+	ServingSince() time.Time
 }
 
 // DefaultAckTimeout bounds the wait for ACKs when a policy sets none.
@@ -43,8 +51,17 @@ type Engine struct {
 	// MinPendingAge is the least time a pending version waits before
 	// promotion, for readers that only mount the Secret (the kubelet syncs
 	// Secret volumes about once a minute). With every reader on xDS it can
-	// be zero.
+	// be zero. With Readers set it applies only to expected readers that
+	// have no xDS stream, and zero means such a reader is waited for.
 	MinPendingAge time.Duration
+	// Readers, when set, returns the xDS node IDs ("namespace/pod") of
+	// the pods that should hold the keyset stored under key. Promotion
+	// then waits for each of them, not only for whoever is connected at
+	// the moment: after a leader change the new leader has few streams,
+	// and zero subscribers must not read as "all acked" while pods use
+	// the keyset. May be nil (readers are then the connected sidecars,
+	// plus MinPendingAge for mounted-file readers).
+	Readers func(ctx context.Context, key string) ([]string, error)
 	// Event reports a step to people (Kubernetes Events); may be nil.
 	Event func(keyset string, warning bool, reason, message string)
 	// Status publishes each keyset's latest outcome where operators look
@@ -216,8 +233,8 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 	}
 	if e.Dist != nil {
 		st := e.Dist.Status(ks.Name, p)
-		e.Metrics.pending(ks.Name, len(st.Waiting)+len(st.NACKs))
 		if len(st.NACKs) > 0 {
+			e.Metrics.pending(ks.Name, readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, sortedKeys(st.NACKs))})
 			nodes := make([]string, 0, len(st.NACKs))
 			for n, r := range st.NACKs {
 				nodes = append(nodes, n+": "+r)
@@ -226,23 +243,150 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 			msg := fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; "))
 			return e.block(ks, p, "nack", msg, msg)
 		}
-		if !st.AllAcked() {
-			if age > timeout {
-				return e.block(ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, st.Waiting),
-					fmt.Sprintf("not promoting v%d: after %s, %d of %d sidecars have not loaded it (%s)",
-						p, age.Round(time.Second), len(st.Waiting), len(st.Subscribers), strings.Join(st.Waiting, ", ")))
+		var expected []string
+		if e.Readers != nil {
+			var err error
+			if expected, err = e.Readers(ctx, key); err != nil {
+				return e.fail(ks, "list-readers", []uint32{p}, err)
 			}
-			return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("%d of %d sidecars have v%d", len(st.Acked), len(st.Subscribers), p)}, nil
+		}
+		rc := countReaders(expected, st, e.fileTrusted(v.CreatedAt, now))
+		e.Metrics.pending(ks.Name, rc)
+		noun := "sidecars"
+		if e.Readers != nil {
+			noun = "pods"
+		}
+		if len(rc.waiting) > 0 {
+			if age > timeout {
+				return e.block(ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, rc.waiting),
+					fmt.Sprintf("not promoting v%d: after %s, %d of %d %s have not loaded it (%s)",
+						p, age.Round(time.Second), len(rc.waiting), rc.total, noun, nodeList(rc.waiting)))
+			}
+			reason := fmt.Sprintf("%d of %d %s have v%d", rc.have, rc.total, noun, p)
+			if e.Readers != nil {
+				reason += rc.detail(e.MinPendingAge)
+			}
+			return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: reason}, nil
+		}
+		if e.Readers != nil {
+			// Every pod that uses the keyset has it: MinPendingAge has
+			// already been applied, per pod, to those without a stream.
+			return e.promote(ctx, key, ks, rev, p, now, fmt.Sprintf("every reader has it: %d of %d pods have v%d%s", rc.have, rc.total, p, rc.detail(e.MinPendingAge)))
 		}
 	}
 	if age < e.MinPendingAge {
 		return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d pending for %s of at least %s (mounted-file readers)", p, age.Round(time.Second), e.MinPendingAge)}, nil
 	}
+	return e.promote(ctx, key, ks, rev, p, now, "every reader has it")
+}
+
+func (e *Engine) promote(ctx context.Context, key string, ks *keyset.Keyset, rev string, p uint32, now time.Time, reason string) (Outcome, error) {
 	next, err := ks.Promote(p, now)
 	if err != nil {
 		return e.fail(ks, "promote", []uint32{p}, err)
 	}
-	return e.commit(ctx, key, next, rev, "promote", []uint32{p}, "every reader has it")
+	return e.commit(ctx, key, next, rev, "promote", []uint32{p}, reason)
+}
+
+// fileTrusted reports whether an expected reader without an xDS stream may
+// be taken to hold a version created at created, through its mounted
+// Secret. Its clock starts at creation or, with a distributor that began
+// serving later (a new leader), at that moment: sidecars that were
+// subscribed to the old leader get MinPendingAge to reconnect and ACK
+// before their ACK is given up for the file. A zero MinPendingAge says
+// every sidecar uses xDS, so none is trusted to the file.
+func (e *Engine) fileTrusted(created, now time.Time) bool {
+	if e.MinPendingAge <= 0 {
+		return false
+	}
+	start := created
+	if s, ok := e.Dist.(servingSince); ok && s.ServingSince().After(start) {
+		start = s.ServingSince()
+	}
+	return now.Sub(start) >= e.MinPendingAge
+}
+
+// readerCount is where a pending version stands with its readers: the
+// expected pods and every connected subscriber.
+type readerCount struct {
+	total   int      // readers
+	have    int      // readers that ACKed it, or are trusted to the mounted Secret
+	waiting []string // readers promotion still waits for
+	noXDS   []string // expected readers with no xDS stream
+	viaFile int      // of noXDS, those trusted to the mounted Secret
+}
+
+// countReaders applies the promotion rule: a reader has the version when
+// it ACKed it over xDS, or, having no xDS stream, when the mounted Secret
+// has had long enough (fileOK). A connected reader must ACK.
+func countReaders(expected []string, st xds.AckStatus, fileOK bool) readerCount {
+	acked := toSet(st.Acked)
+	subscribed := toSet(st.Subscribers)
+	readers := toSet(expected)
+	for n := range subscribed {
+		readers[n] = true
+	}
+	rc := readerCount{total: len(readers)}
+	for _, n := range sortedKeys(readers) {
+		switch {
+		case acked[n]:
+			rc.have++
+		case subscribed[n]:
+			rc.waiting = append(rc.waiting, n)
+		case fileOK:
+			rc.noXDS = append(rc.noXDS, n)
+			rc.viaFile++
+			rc.have++
+		default:
+			rc.noXDS = append(rc.noXDS, n)
+			rc.waiting = append(rc.waiting, n)
+		}
+	}
+	return rc
+}
+
+// detail says who is awaited and who has no xDS stream, for operators.
+func (rc readerCount) detail(minPending time.Duration) string {
+	var b strings.Builder
+	if len(rc.waiting) > 0 {
+		fmt.Fprintf(&b, "; waiting for %s", nodeList(rc.waiting))
+	}
+	if len(rc.noXDS) > 0 {
+		fmt.Fprintf(&b, "; no xDS stream from %s", nodeList(rc.noXDS))
+		switch {
+		case rc.viaFile > 0:
+			fmt.Fprintf(&b, " (trusted to the mounted Secret after %s)", minPending)
+		case minPending > 0:
+			fmt.Fprintf(&b, " (trusted to the mounted Secret after %s pending)", minPending)
+		}
+	}
+	return b.String()
+}
+
+// nodeList names up to ten nodes, so a reason stays one readable line.
+func nodeList(nodes []string) string {
+	const most = 10
+	if len(nodes) <= most {
+		return strings.Join(nodes, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(nodes[:most], ", "), len(nodes)-most)
+}
+
+func toSet(xs []string) map[string]bool {
+	m := make(map[string]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
+	}
+	return m
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // commit stores next, publishes it and records the step.
@@ -305,6 +449,32 @@ func (e *Engine) record(name, action string, versions []uint32, result, reason s
 	if e.Event != nil {
 		e.Event(name, warning, action, fmt.Sprintf("%s %v: %s (%s)", action, versions, result, reason))
 	}
+}
+
+// PublishAll hands every stored keyset to the distributor without taking
+// any lifecycle step. A new leader calls it before it accepts xDS streams,
+// so no sidecar is served a snapshot that lacks its keyset. A keyset that
+// cannot be read or published is logged and left to the reconcile loop,
+// so one broken Secret does not keep the others from being served; only
+// failing to list is an error.
+func (e *Engine) PublishAll(ctx context.Context) error {
+	if e.Dist == nil {
+		return nil
+	}
+	keys, err := e.Store.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, key := range keys {
+		ks, _, err := e.Store.Get(ctx, key)
+		if err == nil {
+			err = e.Dist.Publish(ctx, ks)
+		}
+		if err != nil {
+			e.Log.Warn("keyset not published before serving", "keyset", key, "err", err)
+		}
+	}
+	return nil
 }
 
 // ReconcileAll runs steps for every keyset until each is done for now.

@@ -13,6 +13,8 @@ type Metrics struct {
 	keyAge   *prometheus.GaugeVec
 	versions *prometheus.GaugeVec
 	pendAcks *prometheus.GaugeVec
+	readers  *prometheus.GaugeVec
+	ready    *prometheus.GaugeVec
 	failures *prometheus.CounterVec
 	steps    *prometheus.CounterVec
 }
@@ -29,6 +31,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		pendAcks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "keyshift_controller_pending_acks", Help: "Sidecars that have not yet loaded the pending version.",
 		}, []string{"keyset"}),
+		readers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keyshift_controller_pending_readers", Help: "Readers of the pending version: the pods using the keyset (when the controller knows them) and every connected sidecar.",
+		}, []string{"keyset"}),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keyshift_controller_pending_readers_ready", Help: "Readers that have the pending version: ACKed over xDS, or trusted to the mounted Secret.",
+		}, []string{"keyset"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyshift_controller_rotation_failures_total", Help: "Failed or blocked lifecycle steps by keyset, step and reason.",
 		}, []string{"keyset", "step", "reason"}),
@@ -36,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "keyshift_controller_steps_total", Help: "Completed lifecycle steps by keyset and action.",
 		}, []string{"keyset", "action"}),
 	}
-	reg.MustRegister(m.keyAge, m.versions, m.pendAcks, m.failures, m.steps)
+	reg.MustRegister(m.keyAge, m.versions, m.pendAcks, m.readers, m.ready, m.failures, m.steps)
 	return m
 }
 
@@ -59,12 +67,18 @@ func (m *Metrics) observe(ks *keyset.Keyset, now time.Time) {
 	}
 	if LatestPending(ks) == 0 {
 		m.pendAcks.WithLabelValues(ks.Name).Set(0)
+		m.readers.WithLabelValues(ks.Name).Set(0)
+		m.ready.WithLabelValues(ks.Name).Set(0)
 	}
 }
 
-func (m *Metrics) pending(name string, n int) {
+// pending records "N of M readers have the pending version" and how many
+// promotion still waits for.
+func (m *Metrics) pending(name string, rc readerCount) {
 	if m != nil {
-		m.pendAcks.WithLabelValues(name).Set(float64(n))
+		m.pendAcks.WithLabelValues(name).Set(float64(len(rc.waiting)))
+		m.readers.WithLabelValues(name).Set(float64(rc.total))
+		m.ready.WithLabelValues(name).Set(float64(rc.have))
 	}
 }
 

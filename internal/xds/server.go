@@ -6,6 +6,11 @@
 //
 // Resource names are "keyshift/<keyset>"; the secret's inline bytes are the
 // keyset JSON (wrapped keys only).
+//
+// Only an active Server serves. A leader-elected controller runs one per
+// replica but keeps it inactive except while it leads: ACKs are counted
+// where the rotation runs, and no sidecar waits on a replica that never
+// publishes (see SetActive).
 package xds
 
 import (
@@ -15,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -50,6 +56,10 @@ type Server struct {
 	version int
 	streams map[int64]*stream
 	changed chan struct{}
+
+	active  bool
+	since   time.Time               // when active last became true
+	closers map[*gatedStream]func() // open streams, to close on SetActive(false)
 }
 
 // stream is one sidecar's SDS stream.
@@ -66,7 +76,8 @@ type nack struct {
 	reason  string
 }
 
-// NewServer returns a Server with an empty snapshot.
+// NewServer returns an active Server with an empty snapshot. A controller
+// under leader election calls SetActive(false) before it serves gRPC.
 func NewServer(ctx context.Context, log *slog.Logger) *Server {
 	s := &Server{
 		cache:   cachev3.NewSnapshotCache(false, oneGroup{}, nil),
@@ -74,6 +85,9 @@ func NewServer(ctx context.Context, log *slog.Logger) *Server {
 		docs:    map[string]*keyset.Keyset{},
 		streams: map[int64]*stream{},
 		changed: make(chan struct{}),
+		active:  true,
+		since:   time.Now(),
+		closers: map[*gatedStream]func(){},
 	}
 	s.xds = serverv3.NewServer(ctx, s.cache, s)
 	return s
@@ -81,7 +95,7 @@ func NewServer(ctx context.Context, log *slog.Logger) *Server {
 
 // Register adds the SDS service to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
-	secretservice.RegisterSecretDiscoveryServiceServer(g, s.xds)
+	secretservice.RegisterSecretDiscoveryServiceServer(g, gate{s.xds, s})
 }
 
 // Publish makes ks the document served for its name. Publishing the same
@@ -136,7 +150,10 @@ type AckStatus struct {
 	NACKs map[string]string
 }
 
-// AllAcked reports whether every subscriber has the version.
+// AllAcked reports whether every subscriber has the version. It is true
+// with no subscribers at all: the streams open at one moment are not the
+// pods that read the keyset (after a leader change few have reconnected),
+// so the rotation engine also checks its expected readers.
 func (a AckStatus) AllAcked() bool { return len(a.Waiting) == 0 && len(a.NACKs) == 0 }
 
 // Status reports which subscribers of keyset name hold version or later.

@@ -225,7 +225,9 @@ type LeaderConfig struct {
 
 // RunLeader runs lead while this process holds the Lease, and returns when
 // ctx ends or leadership is lost (the process should then exit and restart,
-// as client-go recommends).
+// as client-go recommends). It returns only after lead has returned, so
+// lead's clean-up (closing xDS streams, removing the leader label) is not
+// cut short by the process exiting.
 func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, log *slog.Logger, lead func(context.Context)) error {
 	if cfg.Identity == "" {
 		return errors.New("kube: leader election needs an identity (set --identity or POD_NAME)")
@@ -239,6 +241,7 @@ func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, lo
 		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
 	}
 	lost := make(chan struct{})
+	var term leaderTerm
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   cfg.LeaseDuration,
@@ -247,6 +250,7 @@ func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, lo
 		ReleaseOnCancel: true,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
+				defer term.begin()()
 				log.Info("became leader", "lease", cfg.Namespace+"/"+cfg.Name, "identity", cfg.Identity)
 				lead(ctx)
 			},
@@ -265,6 +269,7 @@ func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, lo
 		return fmt.Errorf("kube: leader election: %w", err)
 	}
 	le.Run(ctx)
+	term.wait()
 	select {
 	case <-lost:
 		if ctx.Err() == nil {
@@ -273,4 +278,30 @@ func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, lo
 	default:
 	}
 	return nil
+}
+
+// leaderTerm lets RunLeader wait for the lead callback, which client-go
+// runs in a goroutine of its own and does not wait for.
+type leaderTerm struct {
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+// begin marks a term started and returns the function that ends it.
+func (t *leaderTerm) begin() func() {
+	d := make(chan struct{})
+	t.mu.Lock()
+	t.done = d
+	t.mu.Unlock()
+	return func() { close(d) }
+}
+
+// wait blocks until the term that began, if any, has ended.
+func (t *leaderTerm) wait() {
+	t.mu.Lock()
+	d := t.done
+	t.mu.Unlock()
+	if d != nil {
+		<-d
+	}
 }

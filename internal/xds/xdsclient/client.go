@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -19,8 +20,10 @@ import (
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -30,6 +33,12 @@ import (
 // each sidecar actually serves. The client reconnects with capped,
 // jittered backoff for as long as its context lives; the sidecar keeps
 // serving its current keyring meanwhile.
+//
+// Every attempt dials a new connection. Only the leading controller
+// replica serves (a follower refuses with codes.Unavailable, and a replica
+// that steps down closes its streams); a new TCP connection is what lets
+// the Service route the retry to the current leader, where a reused one
+// would stay pinned to the replica that refused.
 type Client struct {
 	// Addr is the controller's xDS address (host:port, or unix:///path).
 	Addr string
@@ -60,36 +69,55 @@ func (c *Client) Run(ctx context.Context) error {
 	if maxB <= 0 {
 		maxB = 30 * time.Second
 	}
-	opts := c.DialOptions
-	if opts == nil {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	// gRPC's own reconnect backoff (up to 120 s by default) would outlast
+	// ours while no replica is reachable, e.g. during a leader change.
+	opts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: minB, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxB},
+		MinConnectTimeout: 10 * time.Second,
+	})}
+	if c.DialOptions == nil {
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	conn, err := grpc.NewClient(c.Addr, opts...)
+	opts = append(opts, c.DialOptions...)
+	probe, err := grpc.NewClient(c.Addr, opts...) // a bad address never gets better
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
-	defer conn.Close()
-	sds := secretservice.NewSecretDiscoveryServiceClient(conn)
-	backoff := minB
+	probe.Close()
+	delay := minB
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := c.session(ctx, sds)
+		err := c.attempt(ctx, opts)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = minB // the stream was healthy for a while
+			delay = minB // the stream was healthy for a while
 		}
-		d := backoff/2 + rand.N(backoff/2+1)
-		c.Log.Warn("xDS stream ended; keeping the current keyring and reconnecting", "addr", c.Addr, "err", err, "retry_in", d)
+		d := delay/2 + rand.N(delay/2+1)
+		if status.Code(err) == codes.Unavailable {
+			c.Log.Info("xDS stream refused or closed by the controller; redialling (only the leader serves)", "addr", c.Addr, "err", err, "retry_in", d)
+		} else {
+			c.Log.Warn("xDS stream ended; keeping the current keyring and reconnecting", "addr", c.Addr, "err", err, "retry_in", d)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(d):
 		}
-		backoff = min(backoff*2, maxB)
+		delay = min(delay*2, maxB)
 	}
 	return nil
+}
+
+// attempt runs one session on a connection of its own.
+func (c *Client) attempt(ctx context.Context, opts []grpc.DialOption) error {
+	conn, err := grpc.NewClient(c.Addr, opts...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return c.session(ctx, secretservice.NewSecretDiscoveryServiceClient(conn))
 }
 
 func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryServiceClient) error {
@@ -106,7 +134,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 	node := &core.Node{Id: c.NodeID}
 	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: SecretType, ResourceNames: names}
 	if err := st.Send(req); err != nil {
-		return err
+		return streamErr(st, err)
 	}
 	c.Log.Info("xDS subscribed", "addr", c.Addr, "node", c.NodeID, "keysets", c.Keysets)
 	acked := ""
@@ -134,9 +162,21 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 			next.VersionInfo = acked
 		}
 		if err := st.Send(next); err != nil {
-			return err
+			return streamErr(st, err)
 		}
 	}
+}
+
+// streamErr returns why a stream ended when Send failed: gRPC reports a
+// stream the server ended (such as a follower's "not the leader") as
+// io.EOF on Send and gives the status to Recv.
+func streamErr(st grpc.ClientStream, err error) error {
+	if errors.Is(err, io.EOF) {
+		if rerr := st.RecvMsg(new(discovery.DiscoveryResponse)); rerr != nil {
+			return rerr
+		}
+	}
+	return err
 }
 
 // SecretType is the SDS type URL keysets travel as.

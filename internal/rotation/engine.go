@@ -269,8 +269,14 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 			return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: reason}, nil
 		}
 		if e.Readers != nil {
-			// Every pod that uses the keyset has it: MinPendingAge has
-			// already been applied, per pod, to those without a stream.
+			// Every pod that uses the keyset has it. Still wait out
+			// MinPendingAge: a pod holding it over xDS only would lose it
+			// if its sidecar restarted while no controller answers, until
+			// the kubelet has written it into the pod's Secret volume too.
+			if age < e.MinPendingAge {
+				return Outcome{Action: "waiting", Versions: []uint32{p}, Reason: fmt.Sprintf("%d of %d pods have v%d; pending for %s of at least %s, for the kubelet to update every Secret volume",
+					rc.have, rc.total, p, age.Round(time.Second), e.MinPendingAge)}, nil
+			}
 			return e.promote(ctx, key, ks, rev, p, now, fmt.Sprintf("every reader has it: %d of %d pods have v%d%s", rc.have, rc.total, p, rc.detail(e.MinPendingAge)))
 		}
 	}

@@ -30,7 +30,7 @@ import (
 )
 
 // buildHint is what a missing binary's failure says.
-const buildHint = "build kube-apiserver, etcd and kustomize with scripts/kube-apiserver-build.sh " +
+const buildHint = "build kube-apiserver, etcd and kustomize with scripts/kube-build.sh " +
 	"(about 25 minutes cold on 2 cores; later runs reuse the cached binaries in ~/.cache/keyshift/bin), " +
 	"or point KEYSHIFT_BIN at a directory holding them"
 

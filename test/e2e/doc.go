@@ -8,7 +8,7 @@
 //
 // The tests are behind the e2e build tag so `go test ./...` stays fast:
 //
-//	scripts/kube-apiserver-build.sh   # once: ~25 min cold, cached after
+//	scripts/kube-build.sh   # once: ~25 min cold, cached after
 //	go test -tags e2e -count=1 -v ./test/e2e/
 //
 // They fail, rather than skip, when the binaries are missing: asking for

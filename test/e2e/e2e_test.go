@@ -397,6 +397,7 @@ func TestInjectorAgainstRealAPIServer(t *testing.T) {
 	t.Run("manifests apply", func(t *testing.T) {
 		root := repoRoot(t)
 		objs := decodeYAMLStream(t, kustomizeBuild(t, filepath.Join(root, "manifests")))
+		objs = append(objs, decodeYAMLStream(t, kustomizeBuild(t, filepath.Join(root, "manifests", "sample", "kms")))...)
 		objs = append(objs, decodeYAMLStream(t, kustomizeBuild(t, filepath.Join(root, "manifests", "sample")))...)
 		var applied, skipped []string
 		for _, u := range objs {
@@ -425,14 +426,10 @@ func TestInjectorAgainstRealAPIServer(t *testing.T) {
 		t.Logf("applied %d objects: %s", len(applied), strings.Join(applied, ", "))
 		t.Logf("skipped (cert-manager CRDs not installed): %s", strings.Join(skipped, ", "))
 
-		// Least privilege: the injector's ServiceAccount may do nothing at
-		// all (it needs no API access), as the real RBAC authorizer says.
-		for _, ra := range []authorizationv1.ResourceAttributes{
-			{Verb: "get", Resource: "secrets", Namespace: "keyshift-demo"},
-			{Verb: "list", Resource: "pods", Namespace: "keyshift-system"},
-			{Verb: "create", Resource: "events", Namespace: "keyshift-system"},
-			{Verb: "patch", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: "keyshift-injector"},
-		} {
+		// Least privilege, as the real RBAC authorizer says: the injector's
+		// ServiceAccount may manage its own TLS Secret and its own webhook's
+		// caBundle (the default self-managed certificate) and nothing else.
+		canI := func(ra authorizationv1.ResourceAttributes) bool {
 			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 				User:               "system:serviceaccount:keyshift-system:keyshift-injector",
 				Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:keyshift-system", "system:authenticated"},
@@ -442,8 +439,28 @@ func TestInjectorAgainstRealAPIServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.Status.Allowed {
-				t.Errorf("the injector's ServiceAccount may %s %s", ra.Verb, ra.Resource)
+			return got.Status.Allowed
+		}
+		for _, ra := range []authorizationv1.ResourceAttributes{
+			{Verb: "get", Resource: "secrets", Namespace: "keyshift-system", Name: "keyshift-injector-tls"},
+			{Verb: "update", Resource: "secrets", Namespace: "keyshift-system", Name: "keyshift-injector-tls"},
+			{Verb: "patch", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: "keyshift-injector"},
+		} {
+			if !canI(ra) {
+				t.Errorf("the injector's ServiceAccount may not %s %s %s, which its self-managed certificate needs", ra.Verb, ra.Resource, ra.Name)
+			}
+		}
+		for _, ra := range []authorizationv1.ResourceAttributes{
+			{Verb: "get", Resource: "secrets", Namespace: "keyshift-demo"},
+			{Verb: "get", Resource: "secrets", Namespace: "keyshift-system", Name: "keyshift-controller-kms"},
+			{Verb: "list", Resource: "secrets", Namespace: "keyshift-system"},
+			{Verb: "list", Resource: "pods", Namespace: "keyshift-system"},
+			{Verb: "create", Resource: "events", Namespace: "keyshift-system"},
+			{Verb: "patch", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: "another-webhook"},
+			{Verb: "patch", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "keyshift-injector"},
+		} {
+			if canI(ra) {
+				t.Errorf("the injector's ServiceAccount may %s %s %s/%s", ra.Verb, ra.Resource, ra.Namespace, ra.Name)
 			}
 		}
 		// Control: the same question for a cluster admin is answered yes.

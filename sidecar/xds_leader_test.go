@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
 
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
@@ -31,23 +28,13 @@ type replica struct {
 
 func startReplica(t *testing.T, dir string, pods []string) *replica {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	x := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
-	x.SetActive(false)
-	g := grpc.NewServer()
-	x.Register(g)
-	go func() { _ = g.Serve(l) }()
-	t.Cleanup(func() { g.Stop(); cancel() })
+	x, addr := xdstest.Serve(t, false)
 	eng := &rotation.Engine{
 		Store: &rotation.FileStore{Dir: filepath.Join(dir, "keysets")}, KMS: kms.Registry{local.Scheme: local.Open},
 		Dist: x, Log: slog.New(slog.DiscardHandler), Actor: "test",
 		Readers: func(context.Context, string) ([]string, error) { return pods, nil },
 	}
-	return &replica{addr: l.Addr().String(), x: x, eng: eng}
+	return &replica{addr: addr, x: x, eng: eng}
 }
 
 // lead is what a replica does on winning the Lease: publish every keyset,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,18 +36,8 @@ type replica struct {
 
 func startReplica(t *testing.T, active bool) *replica {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	x := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
-	x.SetActive(active)
-	g := grpc.NewServer()
-	x.Register(g)
-	go func() { _ = g.Serve(l) }()
-	t.Cleanup(func() { g.Stop(); cancel() })
-	return &replica{x: x, addr: l.Addr().String()}
+	x, addr := xdstest.Serve(t, active)
+	return &replica{x: x, addr: addr}
 }
 
 // keysets returns keyset "payments" at v1 and the same keyset with v2 pending.

@@ -148,6 +148,14 @@ EOF
   done
 }
 
+# alive reports whether pid runs (a zombie does not: nothing may reap
+# orphans here).
+alive() {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $st != Z* ]]
+}
+
 # start runs a component in its own session, logging to logs/NAME.log.
 start() {
   local name=$1; shift
@@ -161,7 +169,7 @@ wait_for() {
   local i
   for ((i = 0; i < secs * 5; i++)); do
     if "$@" >/dev/null 2>&1; then return 0; fi
-    if [[ -n $logname && -f $CLUSTER_DIR/pids/$logname ]] && ! kill -0 "$(cat "$CLUSTER_DIR/pids/$logname")" 2>/dev/null; then
+    if [[ -n $logname && -f $CLUSTER_DIR/pids/$logname ]] && ! alive "$(cat "$CLUSTER_DIR/pids/$logname")"; then
       tail -40 "$CLUSTER_DIR/logs/$logname.log" >&2 || true
       die "$logname exited while waiting for $what (log: $CLUSTER_DIR/logs/$logname.log)"
     fi
@@ -433,7 +441,15 @@ images() {
 
 up() {
   need_root
-  if [[ -e $CLUSTER_DIR/pids ]]; then die "$CLUSTER_DIR exists: the cluster is up or was not taken down (scripts/cluster.sh down)"; fi
+  if [[ -e $CLUSTER_DIR ]]; then
+    local f
+    for f in "$CLUSTER_DIR"/pids/*; do
+      [[ -f $f ]] && alive "$(cat "$f")" && die "a cluster is up in $CLUSTER_DIR ($(basename "$f") runs): scripts/cluster.sh down first"
+    done
+    # A run that was killed left its state (mounts, links, chains) behind.
+    log "stale cluster state in $CLUSTER_DIR and no process of it runs: taking it down first"
+    down
+  fi
   packages
   binaries
   mkdir -p "$CLUSTER_DIR/logs" "$CLUSTER_DIR/pids"
@@ -477,9 +493,9 @@ stop_pid() {
   local name=$1 f="$CLUSTER_DIR/pids/$1" pid i
   [[ -f $f ]] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -498,16 +514,16 @@ down() {
     # Done when no container runs and the CNI has released every sandbox's
     # network namespace (the kubelet keeps exited containers for its GC).
     for ((i = 0; i < 120; i++)); do
-      [[ -z $(ctr_ tasks ls -q 2>/dev/null) && -z $(ip netns list 2>/dev/null | grep '^cni-' || true) ]] && break
+      [[ -z $(ctr_ tasks ls -q 2>/dev/null || true) && -z $(ip netns list 2>/dev/null | grep '^cni-' || true) ]] && break
       sleep 0.5
     done
   fi
   stop_pid kubelet
   if [[ -S $CLUSTER_DIR/containerd/containerd.sock ]]; then
     local t
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
+    for t in $(ctr_ tasks ls -q 2>/dev/null || true); do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
     sleep 0.5
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
+    for t in $(ctr_ tasks ls -q 2>/dev/null || true); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
   fi
   stop_pid kube-proxy
   [[ -x $BIN/kube-proxy ]] && kube-proxy --cleanup --v=0 >/dev/null 2>&1 || true
@@ -553,10 +569,19 @@ down() {
       find /var/log/containers -maxdepth 1 -type l -lname "$CLUSTER_DIR/*" -delete 2>/dev/null || true
     fi
   fi
-  # Pod veths die with their namespaces; cgroups the kubelet made.
-  local c
-  for c in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice; do
-    [[ -d $c ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  # Pod veths die with their namespaces; cgroups the kubelet made, once any
+  # container process a killed runtime left in them is gone.
+  local c left i
+  for ((i = 0; i < 50; i++)); do
+    left=0
+    for c in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice; do
+      [[ -d $c ]] || continue
+      left=1
+      find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | xargs -r kill -KILL 2>/dev/null || true
+      find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+    ((left)) || break
+    sleep 0.1
   done
   if [[ -f $CLUSTER_DIR/host.before ]]; then
     local kv
@@ -578,7 +603,7 @@ status() {
   local f
   for f in "$CLUSTER_DIR"/pids/*; do
     [[ -f $f ]] || continue
-    if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$(basename "$f") running (pid $(cat "$f"))"; else echo "$(basename "$f") NOT running"; fi
+    if alive "$(cat "$f")"; then echo "$(basename "$f") running (pid $(cat "$f"))"; else echo "$(basename "$f") NOT running"; fi
   done
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
   kc get nodes -o wide 2>/dev/null || true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -234,7 +235,7 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 	if e.Dist != nil {
 		st := e.Dist.Status(ks.Name, p)
 		if len(st.NACKs) > 0 {
-			e.Metrics.pending(ks.Name, readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, sortedKeys(st.NACKs))})
+			e.Metrics.pending(ks.Name, readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, slices.Sorted(maps.Keys(st.NACKs)))})
 			nodes := make([]string, 0, len(st.NACKs))
 			for n, r := range st.NACKs {
 				nodes = append(nodes, n+": "+r)
@@ -333,7 +334,7 @@ func countReaders(expected []string, st xds.AckStatus, fileOK bool) readerCount 
 		readers[n] = true
 	}
 	rc := readerCount{total: len(readers)}
-	for _, n := range sortedKeys(readers) {
+	for _, n := range slices.Sorted(maps.Keys(readers)) {
 		switch {
 		case acked[n]:
 			rc.have++
@@ -384,15 +385,6 @@ func toSet(xs []string) map[string]bool {
 		m[x] = true
 	}
 	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // commit stores next, publishes it and records the step.

@@ -102,7 +102,9 @@ func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, s
 			continue
 		}
 		var k *envelope.Key
-		if prev != nil && bytes.Equal(prev.wrapped[v.Version], v.WrappedKey) {
+		// Under a new KMS URI every version is unwrapped again: a key is
+		// reused only when the same KMS key wraps the same bytes.
+		if prev != nil && prev.doc.KMS == doc.KMS && bytes.Equal(prev.wrapped[v.Version], v.WrappedKey) {
 			k = prev.keys[v.Version]
 		} else {
 			var err error
@@ -218,12 +220,24 @@ func isStale(cur, doc *keyset.Keyset) bool {
 	return !sameStates || sameKeys
 }
 
-// checkSuccessor refuses a document that would make data unreadable: a
-// different keyset name, a version that vanished, or a state that moved
-// backwards (a stale file restored over a newer one).
+// checkSuccessor refuses a document that would make data unreadable or
+// slip in a key from elsewhere: a different keyset name, another KMS key
+// without a recorded migration, a version that vanished, or a state that
+// moved backwards (a stale file restored over a newer one).
+//
+// The KMS URI is pinned because a document that keeps every old version
+// and adds a primary wrapped under another KMS key would otherwise load:
+// whoever can wrap under any key the pod's KMS role can use could choose
+// the key the pod encrypts with. A migration names the old URI in
+// previousKms, and build then unwraps every version under the new URI and
+// requires the keys it already holds, which only someone able to unwrap
+// them can arrange.
 func checkSuccessor(prev, next *keyset.Keyset) error {
 	if prev.Name != next.Name {
 		return fmt.Errorf("%w: keyset name changed from %q to %q", ErrKeysetRejected, prev.Name, next.Name)
+	}
+	if prev.KMS != next.KMS && next.PreviousKMS != prev.KMS {
+		return fmt.Errorf("%w: %s: the KMS key changed from %s to %s without a migration (previousKms must name the key it replaces; use keyshift keyset migrate-kms)", ErrKeysetRejected, prev.Name, prev.KMS, next.KMS)
 	}
 	for _, pv := range prev.Versions {
 		nv, err := next.Get(pv.Version)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/envelope"
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
@@ -437,6 +438,32 @@ func TestBadKeysetFileKeepsKeyring(t *testing.T) {
 	renamed := good.Clone()
 	renamed.Name = "orders"
 	renamedBytes, _ := json.Marshal(renamed)
+	// Key injection: keep every version and add a primary wrapped under
+	// another KMS key (one the pod's KMS role may also use).
+	kek2 := filepath.Join(e.dir, "kek2.json")
+	foreign, err := rotation.Create(ctx, local.New(kek2), "payments", "local://"+kek2, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if foreign, err = rotation.AddVersion(ctx, local.New(kek2), foreign, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	injected := rotated.Clone()
+	injected.KMS = foreign.KMS
+	injected.Versions[1].WrappedKey = foreign.Versions[1].WrappedKey
+	injectedBytes := mustMarshal(t, injected)
+	// The same, claiming a migration: every version must then unwrap
+	// under the new key to the key already held, and v1 cannot.
+	claimed := injected.Clone()
+	claimed.PreviousKMS = rotated.KMS
+	claimedBytes := mustMarshal(t, claimed)
+	// A version at the top of uint32 once loaded made every later
+	// document look stale until the pod restarted.
+	poisoned := rotated.Clone()
+	top := poisoned.Versions[1]
+	top.Version, top.State = 4294967295, keyset.StatePending
+	poisoned.Versions = append(poisoned.Versions, top)
+	poisonedBytes, _ := json.Marshal(poisoned)
 
 	cases := []struct {
 		name, content, wantErr, reason string
@@ -452,6 +479,9 @@ func TestBadKeysetFileKeepsKeyring(t *testing.T) {
 			e.waitFor(func(st KeysetStatus) bool { return st.Primary == 2 })
 		}},
 		{"version deleted", string(droppedBytes), "disappeared", "rejected", nil},
+		{"version 4294967295", string(poisonedBytes), "stop at", "invalid", nil},
+		{"another KMS key", string(injectedBytes), "without a migration", "rejected", nil},
+		{"migration the keys disprove", string(claimedBytes), "does not verify", "corrupt", nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

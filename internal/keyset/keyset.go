@@ -87,6 +87,11 @@ type Keyset struct {
 	Name string `json:"name"`
 	// KMS is the URI of the KEK that wraps every version (local:///path, aws-kms://...).
 	KMS string `json:"kms"`
+	// PreviousKMS is the URI the keyset was under before an explicit KMS
+	// migration (every version rewrapped under KMS). Sidecars accept a
+	// document under a new KMS URI only when it names, here, the URI they
+	// hold, and only if every version they hold unwraps to the same key.
+	PreviousKMS string `json:"previousKms,omitempty"`
 	// Versions are sorted by number, ascending; numbers are never reused.
 	Versions []Version `json:"versions"`
 	// Policy tells the controller when to rotate and retire. Sidecars
@@ -213,8 +218,10 @@ func (ks *Keyset) Validate() error {
 		switch {
 		case v.Version == 0:
 			return fmt.Errorf("%w: %s: version numbers start at 1", ErrInvalid, where)
-		case i > 0 && v.Version <= prev:
-			return fmt.Errorf("%w: %s: versions must be unique and ascending (follows v%d)", ErrInvalid, where, prev)
+		case v.Version > MaxVersionNumber:
+			return fmt.Errorf("%w: %s: version numbers stop at %d", ErrInvalid, where, MaxVersionNumber)
+		case i > 0 && v.Version != prev+1:
+			return fmt.Errorf("%w: %s: versions must be consecutive (follows v%d; a new version is always the latest plus one)", ErrInvalid, where, prev)
 		case v.State.Rank() < 0:
 			return fmt.Errorf("%w: %s: unknown state %q (one of pending, primary, decrypt-only, disabled, destroyed)", ErrInvalid, where, v.State)
 		case len(v.Canary) > MaxWrappedKeySize:
@@ -318,10 +325,16 @@ func New(name, kmsURI string, wrapped []byte, kekVersion string, now time.Time) 
 // NextVersion is the number the next added version gets.
 func (ks *Keyset) NextVersion() uint32 { return ks.Latest() + 1 }
 
+// MaxVersionNumber bounds version numbers. Versions are consecutive and a
+// keyset holds at most MaxVersions of them, so a valid document never
+// comes near it; the bound keeps a forged document from pushing the
+// numbering to the top of uint32, where the next version would wrap to 0.
+const MaxVersionNumber = 1 << 24
+
 // AddPending returns a copy with a new pending version numbered
 // NextVersion(). Wrap its DEK with WrapAAD(ks.Name, ks.NextVersion()).
 func (ks *Keyset) AddPending(wrapped []byte, kekVersion string, now time.Time) (*Keyset, error) {
-	if len(ks.Versions) >= MaxVersions {
+	if len(ks.Versions) >= MaxVersions || ks.Latest() >= MaxVersionNumber {
 		return nil, fmt.Errorf("%w: %s already has %d versions; destroy and compact old ones first", ErrTransition, ks.Name, len(ks.Versions))
 	}
 	now = now.UTC()

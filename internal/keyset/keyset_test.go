@@ -101,16 +101,22 @@ func TestParseRejects(t *testing.T) {
 		return `{"version":` + strconv.Itoa(n) + `,"state":"` + state + `","wrappedKey":"` + wrapped + `","createdAt":"2026-01-01T00:00:00Z","stateChangedAt":"2026-01-01T00:00:00Z"}`
 	}
 	cases := map[string]struct{ doc, msg string }{
-		"not json":          {`{"name":`, "unexpected EOF"},
-		"trailing":          {good + `{}`, "trailing data"},
-		"unknown field":     {strings.Replace(good, `"kms"`, `"kmz":"x","kms"`, 1), `unknown field "kmz"`},
-		"bad name":          {strings.Replace(good, `"p"`, `"P_x"`, 1), "DNS-1123"},
-		"empty kms":         {strings.Replace(good, `local:///k`, ``, 1), "kms is empty"},
-		"no versions":       {v(``), "no versions"},
-		"two primaries":     {v(ver(1, "primary", "d3c=") + "," + ver(2, "primary", "d3c=")), "2 primary versions"},
-		"no primary":        {v(ver(1, "pending", "d3c=")), "0 primary versions"},
-		"reused version":    {v(ver(1, "primary", "d3c=") + "," + ver(1, "pending", "d3c=")), "unique and ascending"},
-		"descending":        {v(ver(2, "primary", "d3c=") + "," + ver(1, "pending", "d3c=")), "unique and ascending"},
+		"not json":       {`{"name":`, "unexpected EOF"},
+		"trailing":       {good + `{}`, "trailing data"},
+		"unknown field":  {strings.Replace(good, `"kms"`, `"kmz":"x","kms"`, 1), `unknown field "kmz"`},
+		"bad name":       {strings.Replace(good, `"p"`, `"P_x"`, 1), "DNS-1123"},
+		"empty kms":      {strings.Replace(good, `local:///k`, ``, 1), "kms is empty"},
+		"no versions":    {v(``), "no versions"},
+		"two primaries":  {v(ver(1, "primary", "d3c=") + "," + ver(2, "primary", "d3c=")), "2 primary versions"},
+		"no primary":     {v(ver(1, "pending", "d3c=")), "0 primary versions"},
+		"reused version": {v(ver(1, "primary", "d3c=") + "," + ver(1, "pending", "d3c=")), "consecutive"},
+		"descending":     {v(ver(2, "primary", "d3c=") + "," + ver(1, "pending", "d3c=")), "consecutive"},
+		// A gap lets a forged document jump the numbering: v4294967295
+		// made every later document look stale to a sidecar, and the
+		// next version after it wrapped to 0.
+		"gap":               {v(ver(1, "primary", "d3c=") + "," + ver(3, "pending", "d3c=")), "consecutive"},
+		"top of uint32":     {v(ver(1, "primary", "d3c=") + "," + ver(4294967295, "pending", "d3c=")), "stop at"},
+		"alone past max":    {v(ver(MaxVersionNumber+1, "primary", "d3c=")), "stop at"},
 		"version zero":      {v(ver(0, "primary", "d3c=")), "start at 1"},
 		"bad state":         {v(ver(1, "active", "d3c=")), `unknown state "active"`},
 		"missing key":       {v(ver(1, "primary", "")), "wrappedKey is empty"},

@@ -2,13 +2,16 @@ package sidecar
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keyshift/keyshift/internal/envelope"
 )
@@ -42,6 +45,14 @@ const (
 	reasonMissingMAC     = "missing_signature"  // the MAC header is absent
 	reasonBadMACFormat   = "bad_signature"      // not v<version>.<base64url MAC>
 	reasonBadRequestPart = "bad_request"        // a signed part holds CR or LF
+	reasonNoTimestamp    = "missing_timestamp"  // a verify route's request has no x-keyshift-timestamp
+	reasonBadTimestamp   = "bad_timestamp"      // not unix seconds in decimal
+	reasonStale          = "stale_timestamp"    // older than the skew window
+	reasonFuture         = "future_timestamp"   // further ahead than the skew window
+	reasonNoNonce        = "missing_nonce"      // the route requires a nonce
+	reasonBadNonce       = "bad_nonce"          // not 16 to 128 base64url characters
+	reasonReplayed       = "replayed_nonce"     // the nonce was seen within the window
+	reasonNonceFull      = "nonce_cache_full"   // too many live nonces to remember another (503)
 	// Service errors keep their reason() label: auth_failed, malformed,
 	// unsupported_format, unknown_version, bad_mac, not_ready, internal…
 )
@@ -49,9 +60,46 @@ const (
 // denyHeader names the reason on every denial.
 const denyHeader = "x-keyshift-denied"
 
-// macDomain starts every canonical request, so a request MAC can never be
-// confused with a MAC over anything else made with the same key.
-const macDomain = "keyshift-request-mac-v1"
+// The domains start every canonical request, so a request MAC can never
+// be confused with a MAC over anything else made with the same key, nor one
+// direction with the other: verify routes check MACs the request's sender
+// made (macDomainSender); sign routes make MACs for the upstream
+// (macDomainProxy), which therefore never verify on a verify route. (v1
+// covered no timestamp; its MACs are no longer accepted.)
+const (
+	macDomainSender = "keyshift-request-mac-v2/sender"
+	macDomainProxy  = "keyshift-request-mac-v2/proxy"
+)
+
+// ExtAuthzPurposeKey and ExtAuthzPurposeToken are the encryption context
+// entry every ciphertext opened by an ext_authz decrypt rule must be sealed
+// with, in addition to the rule's own context. An app mints a token with
+// Encrypt(keyset, plaintext, {ExtAuthzPurposeKey: ExtAuthzPurposeToken,
+// ...the rule's context}). Ciphertexts sealed for anything else (the app's
+// stored data, the canary in every keyset document) then never pass as
+// tokens, and their plaintexts never reach a header.
+const (
+	ExtAuthzPurposeKey   = "keyshift.io/purpose"
+	ExtAuthzPurposeToken = "ext-authz-token"
+)
+
+// ExtAuthzTimestampHeader and ExtAuthzNonceHeader carry the timestamp
+// (unix seconds in decimal) and nonce every request MAC covers: sent by
+// the client on verify routes, set by the sidecar on sign routes.
+const (
+	ExtAuthzTimestampHeader = "x-keyshift-timestamp"
+	ExtAuthzNonceHeader     = "x-keyshift-nonce"
+)
+
+// tokenContext is the context a decrypt rule opens and reseals with.
+func tokenContext(rule map[string]string) map[string]string {
+	c := make(map[string]string, len(rule)+1)
+	for k, v := range rule {
+		c[k] = v
+	}
+	c[ExtAuthzPurposeKey] = ExtAuthzPurposeToken
+	return c
+}
 
 const (
 	// maxTokenLen bounds an encoded ciphertext or MAC read from a request.
@@ -59,7 +107,27 @@ const (
 	// maxCookieTries bounds how many same-named cookies one rule tries
 	// (browsers send several when paths or domains differ).
 	maxCookieTries = 4
+	// defaultSkewSeconds and maxSkewSeconds bound a request MAC's
+	// timestamp around the sidecar's clock.
+	defaultSkewSeconds = 300
+	maxSkewSeconds     = 3600
+	// minNonceLen and maxNonceLen bound a nonce (16 characters are 96 bits).
+	minNonceLen = 16
+	maxNonceLen = 128
+	// maxNonces bounds the replay cache of one ext_authz server.
+	maxNonces = 100_000
 )
+
+// authzRuntime is what decisions share besides the policy: the clock and
+// the nonces seen. One per server; safe for concurrent use.
+type authzRuntime struct {
+	now    func() time.Time
+	nonces *nonceCache
+}
+
+func newAuthzRuntime() *authzRuntime {
+	return &authzRuntime{now: time.Now, nonces: newNonceCache(maxNonces)}
+}
 
 // authzRequest is the part of Envoy's CheckRequest the policy reads.
 type authzRequest struct {
@@ -132,8 +200,9 @@ func denyErr(route string, err error) authzDecision {
 }
 
 // decide applies the policy to one request. It is pure apart from the calls
-// into the crypto service, and safe for concurrent use.
-func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, r *authzRequest) authzDecision {
+// into the crypto service, the clock and the nonce cache, and safe for
+// concurrent use.
+func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, rtm *authzRuntime, r *authzRequest) authzDecision {
 	if len(p.byLength) == 0 && p.Default == "allow" {
 		return authzDecision{allowed: true}
 	}
@@ -146,19 +215,19 @@ func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, r *authzRequ
 	rt := p.match(mp)
 	switch {
 	case rt == nil && p.Default == "allow":
-		return authzDecision{allowed: true}
+		return authzDecision{allowed: true, remove: p.strip}
 	case rt == nil:
 		return deny("", http.StatusForbidden, reasonNoRoute)
 	case rt.Deny:
 		return deny(rt.Prefix, http.StatusForbidden, reasonRouteDenied)
 	case rt.Allow:
-		return authzDecision{allowed: true, route: rt.Prefix}
+		return authzDecision{allowed: true, route: rt.Prefix, remove: p.strip}
 	}
 	d := authzDecision{allowed: true, route: rt.Prefix}
 	parts := requestParts{method: r.method, path: rawPath, query: query, authority: r.authority}
 
 	if v := rt.Verify; v != nil {
-		if denied, ok := verifyMAC(ctx, c, rt.Prefix, v, parts, func(h string) string { return r.headers[h] }); !ok {
+		if denied, ok := verifyMAC(ctx, c, rtm, rt.Prefix, v, parts, func(h string) string { return r.headers[h] }); !ok {
 			return denied
 		}
 	}
@@ -217,7 +286,11 @@ func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, r *authzRequ
 	}
 
 	if s := rt.Sign; s != nil {
-		data, ok := canonicalRequest(s.Parts, parts, d.upstreamHeader(r.headers))
+		ts := strconv.FormatInt(rtm.now().Unix(), 10)
+		var n [16]byte
+		rand.Read(n[:]) // never fails
+		nonce := base64.RawURLEncoding.EncodeToString(n[:])
+		data, ok := canonicalRequest(macDomainProxy, ts, nonce, s.Parts, parts, d.upstreamHeader(r.headers, p.strip))
 		if !ok {
 			return deny(rt.Prefix, http.StatusBadRequest, reasonBadRequestPart)
 		}
@@ -225,9 +298,21 @@ func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, r *authzRequ
 		if err != nil {
 			return denyErr(rt.Prefix, err)
 		}
-		d.upstream = append(d.upstream, headerKV{s.Header, formatMAC(version, mac)})
+		d.upstream = append(d.upstream, headerKV{ExtAuthzTimestampHeader, ts}, headerKV{ExtAuthzNonceHeader, nonce},
+			headerKV{s.Header, formatMAC(version, mac)})
 	}
+	d.stripWritten(p.strip)
 	return d
+}
+
+// stripWritten removes from the upstream request every header of strip
+// (those any rule of the policy writes) that this decision does not set.
+func (d *authzDecision) stripWritten(strip []string) {
+	for _, h := range strip {
+		if !slices.ContainsFunc(d.upstream, func(kv headerKV) bool { return kv.name == h }) && !slices.Contains(d.remove, h) {
+			d.remove = append(d.remove, h)
+		}
+	}
 }
 
 // openFirst decrypts the first value that opens under the rule's keyset.
@@ -259,7 +344,12 @@ func openFirst(ctx context.Context, c authzCrypto, route string, rule *ExtAuthzD
 			fail(deny(route, http.StatusUnauthorized, reasonWrongKeyset))
 			continue
 		}
-		opened, err := c.Decrypt(ctx, ct, rule.Context)
+		if rule.tokenContext == nil {
+			// Not validated: never open without the purpose.
+			fail(deny(route, http.StatusInternalServerError, "internal"))
+			continue
+		}
+		opened, err := c.Decrypt(ctx, ct, rule.tokenContext)
 		if err != nil {
 			fail(denyErr(route, err))
 			continue
@@ -281,7 +371,7 @@ func (d *authzDecision) reseal(ctx context.Context, c authzCrypto, rule *ExtAuth
 	if primary == opened.Version {
 		return
 	}
-	sealed, err := c.Encrypt(ctx, opened.Keyset, opened.Plaintext, rule.Context)
+	sealed, err := c.Encrypt(ctx, opened.Keyset, opened.Plaintext, rule.tokenContext)
 	if err != nil {
 		d.resealErrs++
 		return
@@ -296,25 +386,27 @@ func (d *authzDecision) reseal(ctx context.Context, c authzCrypto, rule *ExtAuth
 }
 
 // upstreamHeader reads a header as the upstream will receive it, after this
-// decision's changes, so a sign rule can cover a decrypted header.
-func (d *authzDecision) upstreamHeader(orig map[string]string) func(string) string {
+// decision's changes (strip included), so a sign rule can cover a decrypted
+// header and never covers a client's value the upstream will not see.
+func (d *authzDecision) upstreamHeader(orig map[string]string, strip []string) func(string) string {
 	return func(name string) string {
 		for i := len(d.upstream) - 1; i >= 0; i-- {
 			if d.upstream[i].name == name {
 				return d.upstream[i].value
 			}
 		}
-		for _, r := range d.remove {
-			if r == name {
-				return ""
-			}
+		if slices.Contains(d.remove, name) || slices.Contains(strip, name) {
+			return ""
 		}
 		return orig[name]
 	}
 }
 
-// verifyMAC checks the request MAC of rule v.
-func verifyMAC(ctx context.Context, c authzCrypto, route string, v *ExtAuthzMAC, parts requestParts, header func(string) string) (authzDecision, bool) {
+// verifyMAC checks the request MAC of rule v, its timestamp against the
+// skew window and, when the rule requires one, that its nonce is fresh. The
+// nonce is recorded only once the MAC verifies, so forged requests cannot
+// use up a sender's nonces.
+func verifyMAC(ctx context.Context, c authzCrypto, rtm *authzRuntime, route string, v *ExtAuthzMAC, parts requestParts, header func(string) string) (authzDecision, bool) {
 	sig := header(v.Header)
 	if sig == "" {
 		return deny(route, http.StatusUnauthorized, reasonMissingMAC), false
@@ -323,14 +415,82 @@ func verifyMAC(ctx context.Context, c authzCrypto, route string, v *ExtAuthzMAC,
 	if !ok {
 		return deny(route, http.StatusUnauthorized, reasonBadMACFormat), false
 	}
-	data, ok := canonicalRequest(v.Parts, parts, header)
+	tsText := header(ExtAuthzTimestampHeader)
+	if tsText == "" {
+		return deny(route, http.StatusUnauthorized, reasonNoTimestamp), false
+	}
+	ts, ok := parseUnixSeconds(tsText)
+	if !ok {
+		return deny(route, http.StatusUnauthorized, reasonBadTimestamp), false
+	}
+	now, skew := rtm.now(), v.skew()
+	switch {
+	case ts < now.Unix()-skew:
+		return deny(route, http.StatusUnauthorized, reasonStale), false
+	case ts > now.Unix()+skew:
+		return deny(route, http.StatusUnauthorized, reasonFuture), false
+	}
+	nonce := header(ExtAuthzNonceHeader)
+	switch {
+	case nonce == "" && v.RequireNonce:
+		return deny(route, http.StatusUnauthorized, reasonNoNonce), false
+	case nonce != "" && !validNonce(nonce):
+		return deny(route, http.StatusUnauthorized, reasonBadNonce), false
+	}
+	data, ok := canonicalRequest(macDomainSender, tsText, nonce, v.Parts, parts, header)
 	if !ok {
 		return deny(route, http.StatusBadRequest, reasonBadRequestPart), false
 	}
 	if err := c.Verify(ctx, v.Keyset, version, data, mac); err != nil {
 		return denyErr(route, err), false
 	}
+	if v.RequireNonce {
+		// Remembered while its timestamp is still acceptable; after that
+		// the timestamp check refuses a replay by itself.
+		switch rtm.nonces.add(v.Keyset, nonce, time.Unix(ts+skew+1, 0), now) {
+		case nonceReplayed:
+			return deny(route, http.StatusUnauthorized, reasonReplayed), false
+		case nonceFull:
+			return deny(route, http.StatusServiceUnavailable, reasonNonceFull), false
+		}
+	}
 	return authzDecision{}, true
+}
+
+// skew is the rule's timestamp window in seconds.
+func (m *ExtAuthzMAC) skew() int64 {
+	if m.MaxSkewSeconds > 0 {
+		return int64(m.MaxSkewSeconds)
+	}
+	return defaultSkewSeconds
+}
+
+// parseUnixSeconds reads 1 to 12 decimal digits, no sign or blanks.
+func parseUnixSeconds(s string) (int64, bool) {
+	if len(s) == 0 || len(s) > 12 {
+		return 0, false
+	}
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
+}
+
+// validNonce reports whether s is 16 to 128 characters of the base64url
+// alphabet (header- and log-safe; 16 random characters are 96 bits).
+func validNonce(s string) bool {
+	if len(s) < minNonceLen || len(s) > maxNonceLen {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // requestParts are the pseudo-header parts a MAC may cover.
@@ -340,18 +500,25 @@ type requestParts struct {
 
 // canonicalRequest is the byte string a request MAC covers:
 //
-//	keyshift-request-mac-v1
+//	<domain>
+//	timestamp=<x-keyshift-timestamp as sent>
+//	nonce=<x-keyshift-nonce as sent, "" when absent>
 //	<part>=<value>
 //	…
 //
-// one line per listed part, in the policy's order, joined by "\n" with no
-// trailing newline. Values are as Envoy reports them: "path" is the path
-// without the query string, "query" the raw query after "?", "authority"
-// the :authority (Host), "header:<name>" the header's value (several
-// values joined by ","; "" when absent). A value holding CR or LF makes the
-// request unsignable (ok false): HTTP forbids them, so it is an attack.
-func canonicalRequest(list []string, p requestParts, header func(string) string) ([]byte, bool) {
-	n := len(macDomain)
+// the domain being keyshift-request-mac-v2/sender on verify routes and
+// keyshift-request-mac-v2/proxy on sign routes, then one line per listed
+// part, in the policy's order, joined by "\n" with no trailing newline.
+// Values are as Envoy reports them: "path" is the path without the query
+// string, "query" the raw query after "?", "authority" the :authority
+// (Host), "header:<name>" the header's value (several values joined by
+// ","; "" when absent). A value holding CR or LF makes the request
+// unsignable (ok false): HTTP forbids them, so it is an attack.
+func canonicalRequest(domain, timestamp, nonce string, list []string, p requestParts, header func(string) string) ([]byte, bool) {
+	if strings.ContainsAny(timestamp, "\r\n") || strings.ContainsAny(nonce, "\r\n") {
+		return nil, false
+	}
+	n := len(domain) + len("\ntimestamp=") + len(timestamp) + len("\nnonce=") + len(nonce)
 	values := make([]string, len(list))
 	for i, part := range list {
 		switch part {
@@ -372,7 +539,11 @@ func canonicalRequest(list []string, p requestParts, header func(string) string)
 		n += 1 + len(part) + 1 + len(values[i])
 	}
 	out := make([]byte, 0, n)
-	out = append(out, macDomain...)
+	out = append(out, domain...)
+	out = append(out, "\ntimestamp="...)
+	out = append(out, timestamp...)
+	out = append(out, "\nnonce="...)
+	out = append(out, nonce...)
 	for i, part := range list {
 		out = append(out, '\n')
 		out = append(out, part...)
@@ -434,19 +605,28 @@ func headerValue(pt []byte, encoding string) (string, bool) {
 	return string(pt), true
 }
 
-// matchPath is the path routes are matched against: percent-decoded, dot
-// segments and repeated slashes resolved, so "/a/%2e%2e/admin" and
-// "//admin" meet the rules of "/admin". The path must be origin-form.
+// matchPath is the path routes are matched against: percent-decoded once,
+// dot segments and repeated slashes resolved, so "/a/%2e%2e/admin" and
+// "//admin" meet the rules of "/admin". The path must be origin-form, and
+// one that servers read in different ways is refused (ok false): with ";"
+// (a segment parameter to Tomcat, Jetty and Spring, so "/healthz/..;/admin"
+// is their "/admin"), "\" (a separator to some), a "%" left after
+// decoding (double encoding), or a control character.
 func matchPath(p string) (string, bool) {
 	if p == "" || p[0] != '/' {
 		return "", false
 	}
 	if strings.IndexByte(p, '%') >= 0 {
 		u, err := url.PathUnescape(p)
-		if err != nil {
+		if err != nil || strings.IndexByte(u, '%') >= 0 {
 			return "", false
 		}
 		p = u
+	}
+	for _, c := range []byte(p) {
+		if c == ';' || c == '\\' || c < 0x20 || c == 0x7f {
+			return "", false
+		}
 	}
 	return cleanPath(p), true
 }

@@ -34,11 +34,24 @@ const (
 // afterwards, so one value is shared by every concurrent Check.
 //
 // The file is YAML or JSON (JSON is YAML); unknown fields are errors. The
-// route whose prefix is the longest prefix of the request path (query
-// string removed, percent-decoding and dot segments resolved) applies; a
-// request no route matches gets Default: "deny" (403, reason no_route) or
-// "allow" (passed through untouched). Both are deliberate choices, so
-// Default has no default.
+// route with the longest prefix matching the request path applies (see
+// ExtAuthzRoute.Prefix); a request no route matches gets Default: "deny"
+// (403, reason no_route) or "allow" (passed on). Both are deliberate
+// choices, so Default has no default.
+//
+// The path is matched without its query string, percent-decoded once, with
+// "." and ".." segments and repeated slashes resolved. A path the sidecar
+// and the upstream might read differently is refused (400, reason
+// bad_path) whatever the routes say: one holding ";" (Tomcat, Jetty and
+// Spring drop ";params" from a segment, so "/healthz/..;/admin/" is their
+// "/admin/"), "\" (a separator to some servers), a "%" still there after
+// decoding (double encoding), or a control character.
+//
+// Every allowed request, whichever route or the default allowed it, loses
+// the upstream headers that any rule of the policy can write (decrypt
+// to_header, sign header, and x-keyshift-timestamp / x-keyshift-nonce when
+// a route signs) unless this decision sets them: a client can never supply
+// a header the upstream trusts because the policy writes it elsewhere.
 type ExtAuthzPolicy struct {
 	// Default is "deny" or "allow": what happens to a request no route matches.
 	Default string `json:"default"`
@@ -46,6 +59,7 @@ type ExtAuthzPolicy struct {
 	Routes []ExtAuthzRoute `json:"routes"`
 
 	byLength []*ExtAuthzRoute // Routes, longest prefix first
+	strip    []string         // upstream headers any rule writes, sorted
 }
 
 // ExtAuthzRoute is the rule set for one path prefix. Exactly one of Allow,
@@ -53,9 +67,11 @@ type ExtAuthzPolicy struct {
 // steps run in that order: verify the incoming MAC, decrypt the ciphertexts,
 // then sign the request as it will reach the upstream.
 type ExtAuthzRoute struct {
-	// Prefix is a plain string prefix of the path, starting with "/"
-	// (Envoy's prefix match: "/api" also matches "/apiv2"; write "/api/"
-	// to stop at the segment).
+	// Prefix is a path prefix starting with "/", matched on whole path
+	// segments and case-sensitively (as Envoy and most servers compare
+	// paths): "/api" matches "/api", "/api/" and "/api/v1" but not "/apiv2"
+	// or "/API". A trailing "/" makes no difference ("/api/" also matches
+	// "/api"), and "/" matches every path.
 	Prefix string `json:"prefix"`
 	// Allow passes matching requests through unchanged.
 	Allow bool `json:"allow,omitempty"`
@@ -88,7 +104,10 @@ type ExtAuthzDecrypt struct {
 	// ToEncoding is how the plaintext is written into ToHeader: "raw"
 	// (default; the plaintext must be printable ASCII) or "base64url".
 	ToEncoding string `json:"to_encoding,omitempty"`
-	// Context is the encryption context the application sealed with.
+	// Context is the encryption context the application sealed with,
+	// besides the reserved ExtAuthzPurposeKey entry every token carries
+	// (which the rule must not name): a ciphertext sealed without that
+	// entry, such as the app's own data or a keyset's canary, never opens.
 	Context map[string]string `json:"context,omitempty"`
 	// Optional lets a request without the ciphertext through (ToHeader is
 	// then removed); a present but bad ciphertext is still denied.
@@ -96,6 +115,8 @@ type ExtAuthzDecrypt struct {
 	// Reseal, when set, sends the value resealed under the primary version
 	// back to the client whenever it was sealed under an older one.
 	Reseal *ExtAuthzReseal `json:"reseal,omitempty"`
+
+	tokenContext map[string]string // Context plus the purpose, set by validate
 }
 
 // ExtAuthzReseal says how a resealed value travels back downstream: in a
@@ -130,6 +151,13 @@ type ExtAuthzCookie struct {
 // verifier picks the version it was made with; every loaded version of
 // Keyset verifies, so MACs made before a rotation stay valid through the
 // retention window.
+//
+// Every MAC covers a timestamp (unix seconds, in x-keyshift-timestamp) and
+// a nonce (x-keyshift-nonce, empty when absent). A verify rule refuses a
+// timestamp more than MaxSkewSeconds away from its clock, and with
+// RequireNonce a nonce seen within that window. A sign rule sets both
+// headers itself. The two directions sign under different domains, so a MAC
+// the proxy adds for the upstream never verifies on a verify route.
 type ExtAuthzMAC struct {
 	// Keyset is the keyset whose MAC keys are used.
 	Keyset string `json:"keyset"`
@@ -137,8 +165,18 @@ type ExtAuthzMAC struct {
 	// upstream request for sign.
 	Header string `json:"header"`
 	// Parts are the request parts covered, in order: "method", "path"
-	// (without query), "query", "authority", "header:<name>".
+	// (without query), "query", "authority", "header:<name>". The
+	// timestamp and nonce are always covered and are not listed.
 	Parts []string `json:"parts"`
+	// MaxSkewSeconds (verify only) bounds how far the request's timestamp
+	// may be from the sidecar's clock, either way: 1 to 3600, default 300.
+	MaxSkewSeconds int `json:"max_skew_seconds,omitempty"`
+	// RequireNonce (verify only) makes every request carry a nonce (16 to
+	// 128 characters of unpadded base64url) and refuses one already seen
+	// within the skew window (reason replayed_nonce). The sidecar remembers
+	// at most 100,000 nonces at once; past that it refuses such requests
+	// (503, nonce_cache_full) until some expire, rather than forget one.
+	RequireNonce bool `json:"require_nonce,omitempty"`
 }
 
 // LoadExtAuthzPolicy reads and validates a policy file (YAML or JSON).
@@ -219,26 +257,55 @@ func (p *ExtAuthzPolicy) validate() error {
 		return policyErr("routes", "%d routes exceeds %d", len(p.Routes), maxPolicyRoutes)
 	}
 	seen := map[string]int{}
+	var strip []string
 	for i := range p.Routes {
 		r := &p.Routes[i]
 		where := fmt.Sprintf("routes[%d]", i)
 		if err := validatePrefix(r.Prefix); err != nil {
 			return policyErr(where+".prefix", "%v", err)
 		}
-		if j, dup := seen[r.Prefix]; dup {
-			return policyErr(where+".prefix", "%q repeats routes[%d]; merge them", r.Prefix, j)
+		if j, dup := seen[segmentPrefix(r.Prefix)]; dup {
+			if p.Routes[j].Prefix == r.Prefix {
+				return policyErr(where+".prefix", "%q repeats routes[%d]; merge them", r.Prefix, j)
+			}
+			return policyErr(where+".prefix", "%q and routes[%d]'s %q match the same paths (prefixes match whole segments); merge them",
+				r.Prefix, j, p.Routes[j].Prefix)
 		}
-		seen[r.Prefix] = i
+		seen[segmentPrefix(r.Prefix)] = i
 		if err := r.validate(where); err != nil {
 			return err
 		}
+		strip = append(strip, r.writes()...)
 	}
 	p.byLength = make([]*ExtAuthzRoute, len(p.Routes))
 	for i := range p.Routes {
 		p.byLength[i] = &p.Routes[i]
 	}
-	sort.SliceStable(p.byLength, func(i, j int) bool { return len(p.byLength[i].Prefix) > len(p.byLength[j].Prefix) })
+	sort.SliceStable(p.byLength, func(i, j int) bool {
+		return len(segmentPrefix(p.byLength[i].Prefix)) > len(segmentPrefix(p.byLength[j].Prefix))
+	})
+	sort.Strings(strip)
+	p.strip = slices.Clip(slices.Compact(strip))
 	return nil
+}
+
+// writes lists the upstream request headers the route's rules can set.
+func (r *ExtAuthzRoute) writes() []string {
+	var out []string
+	for _, d := range r.Decrypt {
+		out = append(out, d.ToHeader)
+	}
+	if r.Sign != nil {
+		out = append(out, r.Sign.Header, ExtAuthzTimestampHeader, ExtAuthzNonceHeader)
+	}
+	return out
+}
+
+// segmentPrefix is the prefix as matched: without its trailing "/", so
+// "/api/" and "/api" both cover "/api" and "/api/..." ("/" becomes "",
+// which covers every path).
+func segmentPrefix(prefix string) string {
+	return strings.TrimSuffix(prefix, "/")
 }
 
 func validatePrefix(prefix string) error {
@@ -301,7 +368,7 @@ func (r *ExtAuthzRoute) validate(where string) error {
 		return nil
 	}
 	if r.Verify != nil {
-		if err := r.Verify.validate(where + ".verify"); err != nil {
+		if err := r.Verify.validate(where+".verify", true); err != nil {
 			return err
 		}
 	}
@@ -330,7 +397,7 @@ func (r *ExtAuthzRoute) validate(where string) error {
 		}
 	}
 	if r.Sign != nil {
-		if err := r.Sign.validate(where + ".sign"); err != nil {
+		if err := r.Sign.validate(where+".sign", false); err != nil {
 			return err
 		}
 		if err := claim(where+".sign.header", r.Sign.Header); err != nil {
@@ -372,8 +439,18 @@ func (d *ExtAuthzDecrypt) validate(where string) error {
 	default:
 		return policyErr(where+".to_encoding", `%q is neither "raw" nor "base64url"`, d.ToEncoding)
 	}
-	if _, err := envelope.CanonicalContext(d.Context); err != nil {
+	if _, ok := d.Context[ExtAuthzPurposeKey]; ok {
+		return policyErr(where+".context", "%q is reserved: the sidecar requires %q=%q on every token itself; drop the entry",
+			ExtAuthzPurposeKey, ExtAuthzPurposeKey, ExtAuthzPurposeToken)
+	}
+	d.tokenContext = tokenContext(d.Context)
+	if _, err := envelope.CanonicalContext(d.tokenContext); err != nil {
 		return policyErr(where+".context", "%v", err)
+	}
+	if d.tokenContext[ExtAuthzPurposeKey] != ExtAuthzPurposeToken {
+		// Unreachable: a rule that opened context-free ciphertexts would
+		// accept canaries and the app's own data as tokens.
+		return policyErr(where+".context", "would accept ciphertexts sealed without the ext_authz purpose")
 	}
 	if d.Reseal != nil {
 		if err := d.Reseal.validate(where+".reseal", d.Cookie != ""); err != nil {
@@ -419,9 +496,15 @@ func (r *ExtAuthzReseal) validate(where string, fromCookie bool) error {
 	return nil
 }
 
-func (m *ExtAuthzMAC) validate(where string) error {
+func (m *ExtAuthzMAC) validate(where string, verify bool) error {
 	if err := validateKeysetName(where+".keyset", m.Keyset); err != nil {
 		return err
+	}
+	switch {
+	case !verify && (m.MaxSkewSeconds != 0 || m.RequireNonce):
+		return policyErr(where, `"max_skew_seconds" and "require_nonce" apply to verify only; the upstream checks the timestamp and nonce a sign rule sets`)
+	case m.MaxSkewSeconds < 0 || m.MaxSkewSeconds > maxSkewSeconds:
+		return policyErr(where+".max_skew_seconds", "%d is outside 1 to %d; omit it for the default %d", m.MaxSkewSeconds, maxSkewSeconds, defaultSkewSeconds)
 	}
 	if m.Header == "" {
 		return policyErr(where+".header", "missing; name the header that carries the MAC")
@@ -446,6 +529,9 @@ func (m *ExtAuthzMAC) validate(where string) error {
 			}
 			if part == "header:"+m.Header {
 				return policyErr(field, "the MAC cannot cover its own header %q", m.Header)
+			}
+			if h := strings.TrimPrefix(part, "header:"); h == ExtAuthzTimestampHeader || h == ExtAuthzNonceHeader {
+				return policyErr(field, "%q is always covered (as the timestamp and nonce lines); drop it", h)
 			}
 		default:
 			return policyErr(field, `%q is not one of "method", "path", "query", "authority", "header:<name>"`, part)
@@ -473,7 +559,7 @@ func validateKeysetName(where, name string) error {
 var reservedHeaders = map[string]bool{
 	"host": true, "cookie": true, "content-length": true, "transfer-encoding": true, "connection": true,
 	"te": true, "upgrade": true, "keep-alive": true, "proxy-connection": true, "set-cookie": true,
-	denyHeader: true,
+	denyHeader: true, ExtAuthzTimestampHeader: true, ExtAuthzNonceHeader: true,
 }
 
 // validateHeaderName requires the lowercase form Envoy uses in CheckRequest
@@ -510,10 +596,12 @@ func isToken(s string) bool {
 	return true
 }
 
-// match returns the route with the longest prefix of p, or nil.
+// match returns the route with the longest prefix of reqPath on a segment
+// boundary, or nil.
 func (p *ExtAuthzPolicy) match(reqPath string) *ExtAuthzRoute {
 	for _, r := range p.byLength {
-		if strings.HasPrefix(reqPath, r.Prefix) {
+		base := segmentPrefix(r.Prefix)
+		if strings.HasPrefix(reqPath, base) && (len(reqPath) == len(base) || reqPath[len(base)] == '/') {
 			return r
 		}
 	}

@@ -136,6 +136,7 @@ type extAuthzServer struct {
 	authv3.UnimplementedAuthorizationServer
 	policy  *ExtAuthzPolicy
 	svc     authzCrypto
+	rt      *authzRuntime
 	metrics *extAuthzMetrics
 	log     *slog.Logger
 }
@@ -146,13 +147,13 @@ type extAuthzServer struct {
 func (s *extAuthzServer) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	r := toAuthzRequest(req)
-	d := s.policy.decide(ctx, s.svc, r)
+	d := s.policy.decide(ctx, s.svc, s.rt, r)
 	s.metrics.observe(&d, time.Since(start))
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
 	switch {
-	case d.reason == "internal" || d.reason == "not_ready" || d.reason == reasonBadPlaintext:
+	case d.reason == "internal" || d.reason == "not_ready" || d.reason == reasonBadPlaintext || d.reason == reasonNonceFull:
 		s.log.Warn("ext_authz check failed on the sidecar side", "request_id", r.id, "decision", d)
 	case d.resealErrs > 0:
 		s.log.Warn("ext_authz reseal failed; request allowed with its old value", "request_id", r.id, "decision", d)
@@ -344,7 +345,7 @@ func startExtAuthz(ctx context.Context, svc *Service, m *Metrics, log *slog.Logg
 	}
 
 	gs := grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
-	authv3.RegisterAuthorizationServer(gs, &extAuthzServer{policy: cfg.Policy, svc: svc, metrics: em, log: log})
+	authv3.RegisterAuthorizationServer(gs, &extAuthzServer{policy: cfg.Policy, svc: svc, rt: newAuthzRuntime(), metrics: em, log: log})
 	healthpb.RegisterHealthServer(gs, extAuthzHealth{ready: svc.Ready})
 	var wg sync.WaitGroup
 	for _, l := range listeners {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,7 +66,24 @@ const testPolicy = `{
   ]
 }`
 
-var sessionCtx = map[string]string{"purpose": "session"}
+// sessionCtx is what the app seals the /app/ session cookie with: the
+// rule's context plus the reserved ext_authz purpose.
+var sessionCtx = tokenCtx(map[string]string{"purpose": "session"})
+
+// testStripped is every upstream header a rule of testPolicy can write,
+// sorted: an allowed request loses each one its decision does not set.
+var testStripped = []string{"x-keyshift-nonce", "x-keyshift-proxy-mac", "x-keyshift-timestamp", "x-token-plain", "x-user"}
+
+// stripped is testStripped without the names a decision sets itself.
+func stripped(set ...string) []string {
+	var out []string
+	for _, h := range testStripped {
+		if !slices.Contains(set, h) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
 
 // authzEnv is a real sidecar with the ext_authz service on a loopback TCP
 // port and a Unix socket, and a real ext_authz gRPC client on each.
@@ -248,7 +266,7 @@ func TestExtAuthzDecryptCookieAcrossRotation(t *testing.T) {
 	const user = "alice@example.com|role=buyer"
 	oldCookie := a.seal(t, "payments", user, sessionCtx)
 	cookieHeader := func(v string) string { return "theme=dark; session=" + v + "; _ga=GA1.2.3" }
-	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": user, "cookie": "theme=dark; _ga=GA1.2.3"}}
+	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": user, "cookie": "theme=dark; _ga=GA1.2.3"}, Remove: stripped("x-user")}
 	transports := map[string]authv3.AuthorizationClient{"tcp": a.tcp, "unix": a.unix}
 	for name, c := range transports {
 		got := a.check(t, c, envoyRequest("GET", "/app/cart?item=42", map[string]string{"cookie": cookieHeader(oldCookie)}))
@@ -296,8 +314,9 @@ func TestExtAuthzDecryptCookieAcrossRotation(t *testing.T) {
 func TestExtAuthzDecryptHeaderAcrossRotation(t *testing.T) {
 	a := newAuthzEnv(t, testPolicy)
 	secret := "\x00\x01binary\xff"
-	token := a.seal(t, "payments", secret, nil)
-	want := checkResult{Code: codes.OK, Set: map[string]string{"x-token-plain": base64.RawURLEncoding.EncodeToString([]byte(secret))}, Remove: []string{"x-token"}}
+	token := a.seal(t, "payments", secret, tokenCtx(nil))
+	want := checkResult{Code: codes.OK, Set: map[string]string{"x-token-plain": base64.RawURLEncoding.EncodeToString([]byte(secret))},
+		Remove: append([]string{"x-token"}, stripped("x-token-plain")...)}
 	// A client-sent x-token-plain is overwritten, never trusted.
 	req := envoyRequest("POST", "/api/orders", map[string]string{"x-token": token, "x-token-plain": "forged"})
 	if diff := cmp.Diff(want, a.check(t, a.tcp, req)); diff != "" {
@@ -313,7 +332,7 @@ func TestExtAuthzDecryptHeaderAcrossRotation(t *testing.T) {
 	if len(got.Response) != 1 || !strings.HasPrefix(got.Response[0], "x-token-resealed: ") {
 		t.Fatalf("response headers %q, want x-token-resealed", got.Response)
 	}
-	a.openResealed(t, strings.TrimPrefix(got.Response[0], "x-token-resealed: "), secret, nil, 2)
+	a.openResealed(t, strings.TrimPrefix(got.Response[0], "x-token-resealed: "), secret, tokenCtx(nil), 2)
 	got.Response = nil
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("after rotation (-want +got):\n%s", diff)
@@ -357,7 +376,9 @@ func TestExtAuthzDenials(t *testing.T) {
 		{"not base64url", "GET", "/app/cart", cookie("a+b/c"), denied(401, "bad_encoding"), "/app/"},
 		{"unknown version", "GET", "/app/cart", cookie(b64(v99)), denied(401, "unknown_version"), "/app/"},
 		{"other keyset", "GET", "/app/cart", cookie(a.seal(t, "webhooks", "alice", sessionCtx)), denied(401, "wrong_keyset"), "/app/"},
-		{"other context", "GET", "/app/cart", cookie(a.seal(t, "payments", "alice", map[string]string{"purpose": "csrf"})), denied(401, "auth_failed"), "/app/"},
+		{"other context", "GET", "/app/cart", cookie(a.seal(t, "payments", "alice", tokenCtx(map[string]string{"purpose": "csrf"}))), denied(401, "auth_failed"), "/app/"},
+		{"no purpose", "GET", "/app/cart", cookie(a.seal(t, "payments", "alice", map[string]string{"purpose": "session"})), denied(401, "auth_failed"), "/app/"},
+		{"context-free token", "POST", "/api/orders", map[string]string{"x-token": a.seal(t, "payments", "alice", nil)}, denied(401, "auth_failed"), "/api/"},
 		{"raw plaintext not header-safe", "GET", "/app/cart", cookie(a.seal(t, "payments", "alice\r\nx-admin: 1", sessionCtx)), denied(500, "bad_plaintext"), "/app/"},
 		{"header token missing", "POST", "/api/orders", nil, denied(401, "missing_ciphertext"), "/api/"},
 		{"no route, default deny", "GET", "/other", nil, denied(403, "no_route"), "default"},
@@ -370,6 +391,10 @@ func TestExtAuthzDenials(t *testing.T) {
 		{"signature missing", "POST", "/hooks/pay", nil, denied(401, "missing_signature"), "/hooks/"},
 		{"signature malformed", "POST", "/hooks/pay", map[string]string{"x-keyshift-signature": "v1:abc"}, denied(401, "bad_signature"), "/hooks/"},
 		{"signature version zero", "POST", "/hooks/pay", map[string]string{"x-keyshift-signature": "v0.AAAA"}, denied(401, "bad_signature"), "/hooks/"},
+		{"signature without timestamp", "POST", "/hooks/pay", map[string]string{"x-keyshift-signature": "v1.AAAA"}, denied(401, "missing_timestamp"), "/hooks/"},
+		{"path parameter", "GET", "/healthz/..;/admin/", map[string]string{"x-user": "alice"}, denied(400, "bad_path"), "default"},
+		{"backslash", "GET", `/healthz\..\admin\`, nil, denied(400, "bad_path"), "default"},
+		{"double encoding", "GET", "/healthz/%252e%252e/admin/", nil, denied(400, "bad_path"), "default"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,11 +412,11 @@ func TestExtAuthzDenials(t *testing.T) {
 
 	// Allowed routes, for contrast: explicit allow, and an optional cookie
 	// that is absent (a forged x-user is removed, not passed on).
-	if diff := cmp.Diff(checkResult{Code: codes.OK}, a.check(t, a.tcp, envoyRequest("GET", "/healthz", nil))); diff != "" {
+	if diff := cmp.Diff(checkResult{Code: codes.OK, Remove: testStripped}, a.check(t, a.tcp, envoyRequest("GET", "/healthz", nil))); diff != "" {
 		t.Errorf("allow route (-want +got):\n%s", diff)
 	}
 	got := a.check(t, a.tcp, envoyRequest("GET", "/public/x", map[string]string{"x-user": "admin"}))
-	if diff := cmp.Diff(checkResult{Code: codes.OK, Remove: []string{"x-user"}}, got); diff != "" {
+	if diff := cmp.Diff(checkResult{Code: codes.OK, Remove: append([]string{"x-user"}, stripped("x-user")...)}, got); diff != "" {
 		t.Errorf("optional cookie absent (-want +got):\n%s", diff)
 	}
 
@@ -416,17 +441,18 @@ func TestExtAuthzSignVerify(t *testing.T) {
 	svc := a.srv.Service()
 	ctx := ctxT(t)
 	const rid = "6c1f8e0e-4a1b-4f9e-9a57-0d4c1f7e2b11" // envoyRequest's x-request-id
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
 	// The bytes a client signs, written out as the policy doc describes them.
-	canonical := "keyshift-request-mac-v1\nmethod=POST\npath=/hooks/pay\nquery=id=7&amount=10\nheader:x-request-id=" + rid
+	canonical := "keyshift-request-mac-v2/sender\ntimestamp=" + ts + "\nnonce=\nmethod=POST\npath=/hooks/pay\nquery=id=7&amount=10\nheader:x-request-id=" + rid
 	v, mac, err := svc.Sign(ctx, "webhooks", []byte(canonical))
 	if err != nil || v != 1 {
 		t.Fatalf("Sign = v%d, %v", v, err)
 	}
 	sig := "v1." + base64.RawURLEncoding.EncodeToString(mac)
 	hook := func(method, path string, sig string) *authv3.CheckRequest {
-		return envoyRequest(method, path, map[string]string{"x-keyshift-signature": sig, "content-type": "application/json"})
+		return envoyRequest(method, path, map[string]string{"x-keyshift-signature": sig, "x-keyshift-timestamp": ts, "content-type": "application/json"})
 	}
-	ok := checkResult{Code: codes.OK}
+	ok := checkResult{Code: codes.OK, Remove: testStripped}
 	tests := []struct {
 		name string
 		req  *authv3.CheckRequest
@@ -436,7 +462,7 @@ func TestExtAuthzSignVerify(t *testing.T) {
 		{"tampered path", hook("POST", "/hooks/refund?id=7&amount=10", sig), denied(401, "bad_mac")},
 		{"tampered query", hook("POST", "/hooks/pay?id=7&amount=1000", sig), denied(401, "bad_mac")},
 		{"tampered method", hook("PUT", "/hooks/pay?id=7&amount=10", sig), denied(401, "bad_mac")},
-		{"other request id", envoyRequest("POST", "/hooks/pay?id=7&amount=10", map[string]string{"x-keyshift-signature": sig, "x-request-id": "replayed"}), denied(401, "bad_mac")},
+		{"other request id", envoyRequest("POST", "/hooks/pay?id=7&amount=10", map[string]string{"x-keyshift-signature": sig, "x-keyshift-timestamp": ts, "x-request-id": "replayed"}), denied(401, "bad_mac")},
 		{"unloaded version", hook("POST", "/hooks/pay?id=7&amount=10", "v9."+base64.RawURLEncoding.EncodeToString(mac)), denied(401, "unknown_version")},
 		{"truncated MAC", hook("POST", "/hooks/pay?id=7&amount=10", sig[:23]), denied(401, "bad_mac")},
 	}
@@ -463,8 +489,9 @@ func TestExtAuthzSignVerify(t *testing.T) {
 	// sign: the upstream gets x-user and a MAC over method, path and x-user.
 	session := a.seal(t, "payments", "bob", sessionCtx)
 	got := a.check(t, a.tcp, envoyRequest("DELETE", "/internal/jobs/7?force=1", map[string]string{"cookie": "session=" + session}))
-	upMAC := got.Set["x-keyshift-proxy-mac"]
-	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": "bob", "x-keyshift-proxy-mac": upMAC}, Remove: []string{"cookie"}}
+	upMAC, upTS, upNonce := got.Set["x-keyshift-proxy-mac"], got.Set["x-keyshift-timestamp"], got.Set["x-keyshift-nonce"]
+	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": "bob", "x-keyshift-proxy-mac": upMAC, "x-keyshift-timestamp": upTS, "x-keyshift-nonce": upNonce},
+		Remove: []string{"cookie", "x-token-plain"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("sign route (-want +got):\n%s", diff)
 	}
@@ -472,7 +499,8 @@ func TestExtAuthzSignVerify(t *testing.T) {
 	if !okMAC || ver != 2 {
 		t.Fatalf("upstream MAC %q: version %d, ok %v; want v2", upMAC, ver, okMAC)
 	}
-	if err := svc.Verify(ctx, "webhooks", ver, []byte("keyshift-request-mac-v1\nmethod=DELETE\npath=/internal/jobs/7\nheader:x-user=bob"), m); err != nil {
+	proxyBytes := "keyshift-request-mac-v2/proxy\ntimestamp=" + upTS + "\nnonce=" + upNonce + "\nmethod=DELETE\npath=/internal/jobs/7\nheader:x-user=bob"
+	if err := svc.Verify(ctx, "webhooks", ver, []byte(proxyBytes), m); err != nil {
 		t.Errorf("the upstream cannot verify the proxy's MAC: %v", err)
 	}
 }
@@ -483,8 +511,11 @@ func TestExtAuthzNoSecretsInLogs(t *testing.T) {
 	a := newAuthzEnv(t, testPolicy)
 	const canary = "CANARY-plaintext-41b7"
 	session := a.seal(t, "payments", canary, sessionCtx)
-	token := a.seal(t, "payments", canary+"-token", nil)
-	_, mac, err := a.srv.Service().Sign(ctxT(t), "webhooks", []byte("anything"))
+	token := a.seal(t, "payments", canary+"-token", tokenCtx(nil))
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	const nonce = "bm9uY2Utbm9uY2Utbm9uY2U"
+	_, mac, err := a.srv.Service().Sign(ctxT(t), "webhooks", []byte("keyshift-request-mac-v2/sender\ntimestamp="+ts+"\nnonce="+nonce+
+		"\nmethod=GET\npath=/hooks/x\nquery=\nheader:x-request-id=6c1f8e0e-4a1b-4f9e-9a57-0d4c1f7e2b11"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +529,8 @@ func TestExtAuthzNoSecretsInLogs(t *testing.T) {
 			envoyRequest("GET", "/app/x", map[string]string{"cookie": "session=" + base64.RawURLEncoding.EncodeToString(tampered)}),
 			envoyRequest("GET", "/app/x", map[string]string{"cookie": "session=" + a.seal(t, "payments", canary+"\n", sessionCtx)}),
 			envoyRequest("GET", "/api/x", map[string]string{"x-token": token}),
-			envoyRequest("GET", "/hooks/x", map[string]string{"x-keyshift-signature": sig}),
+			envoyRequest("GET", "/hooks/x", map[string]string{"x-keyshift-signature": sig, "x-keyshift-timestamp": ts, "x-keyshift-nonce": nonce}),
+			envoyRequest("GET", "/hooks/y", map[string]string{"x-keyshift-signature": sig, "x-keyshift-timestamp": ts, "x-keyshift-nonce": nonce}),
 			envoyRequest("GET", "/internal/x", map[string]string{"cookie": "session=" + session}),
 		} {
 			a.check(t, a.unix, r)
@@ -515,7 +547,8 @@ func TestExtAuthzNoSecretsInLogs(t *testing.T) {
 	a.stop()
 
 	logs := a.logs.String()
-	for _, must := range []string{`"msg":"ext_authz listening"`, `"msg":"ext_authz check"`, `"reason":"auth_failed"`, `"msg":"ext_authz check failed on the sidecar side"`, `"resealed":1`} {
+	for _, must := range []string{`"msg":"ext_authz listening"`, `"msg":"ext_authz check"`, `"reason":"auth_failed"`, `"reason":"bad_mac"`,
+		`"msg":"ext_authz check failed on the sidecar side"`, `"resealed":1`, `"set":["x-user","x-keyshift-timestamp","x-keyshift-nonce","x-keyshift-proxy-mac"]`} {
 		if !strings.Contains(logs, must) {
 			t.Fatalf("logs lack %s; the test would prove nothing:\n%s", must, logs)
 		}
@@ -541,7 +574,7 @@ func TestExtAuthzRawHeaderMap(t *testing.T) {
 		h.HeaderMap.Headers = append(h.HeaderMap.Headers, &corev3.HeaderValue{Key: kv[0], RawValue: []byte(kv[1])})
 	}
 	h.Headers, h.Path, h.Method, h.Host = nil, "", "", ""
-	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": "carol", "cookie": "theme=dark"}}
+	want := checkResult{Code: codes.OK, Set: map[string]string{"x-user": "carol", "cookie": "theme=dark"}, Remove: stripped("x-user")}
 	if diff := cmp.Diff(want, a.check(t, a.tcp, req)); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
@@ -571,7 +604,7 @@ func TestExtAuthzAllowedUIDsAndHealth(t *testing.T) {
 
 	a.start(t, testPolicy, func(c *ExtAuthzConfig) { c.AllowedUIDs = []uint32{me} })
 	for name, c := range map[string]authv3.AuthorizationClient{"tcp": a.tcp, "unix": a.unix} {
-		if diff := cmp.Diff(checkResult{Code: codes.OK}, a.check(t, c, envoyRequest("GET", "/healthz", nil))); diff != "" {
+		if diff := cmp.Diff(checkResult{Code: codes.OK, Remove: testStripped}, a.check(t, c, envoyRequest("GET", "/healthz", nil))); diff != "" {
 			t.Errorf("%s, own uid (-want +got):\n%s", name, diff)
 		}
 	}
@@ -725,6 +758,15 @@ func TestExtAuthzPolicyErrors(t *testing.T) {
 		{"verify covers itself", mac("verify", `"keyset": "k", "header": "x-sig", "parts": ["header:x-sig"]`), "cannot cover its own header"},
 		{"verify uppercase part", mac("verify", `"keyset": "k", "header": "x-sig", "parts": ["header:X-Id"]`), `write "x-id"`},
 		{"sign no keyset", mac("sign", `"header": "x-sig", "parts": ["method"]`), "sign.keyset: missing"},
+		{"prefix same segments", route(`{"prefix": "/a", "allow": true}, {"prefix": "/a/", "deny": true}`), `"/a/" and routes[0]'s "/a" match the same paths`},
+		{"decrypt names the purpose", dec(`"keyset": "k", "cookie": "s", "to_header": "x-u", "context": {"keyshift.io/purpose": "ext-authz-token"}`), `"keyshift.io/purpose" is reserved`},
+		{"decrypt to timestamp", dec(`"keyset": "k", "cookie": "s", "to_header": "x-keyshift-timestamp"`), `"x-keyshift-timestamp" cannot be written by a policy`},
+		{"sign into nonce", mac("sign", `"keyset": "k", "header": "x-keyshift-nonce", "parts": ["method"]`), `"x-keyshift-nonce" cannot be written by a policy`},
+		{"verify covers timestamp", mac("verify", `"keyset": "k", "header": "x-sig", "parts": ["header:x-keyshift-timestamp"]`), "is always covered"},
+		{"verify skew negative", mac("verify", `"keyset": "k", "header": "x-sig", "parts": ["method"], "max_skew_seconds": -1`), "-1 is outside 1 to 3600"},
+		{"verify skew too long", mac("verify", `"keyset": "k", "header": "x-sig", "parts": ["method"], "max_skew_seconds": 86400`), "86400 is outside 1 to 3600"},
+		{"sign with skew", mac("sign", `"keyset": "k", "header": "x-sig", "parts": ["method"], "max_skew_seconds": 60`), "apply to verify only"},
+		{"sign with nonce", mac("sign", `"keyset": "k", "header": "x-sig", "parts": ["method"], "require_nonce": true`), "apply to verify only"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -772,13 +814,14 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 		{Prefix: "/public/", Decrypt: []ExtAuthzDecrypt{{
 			Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"}, Optional: true,
 		}}},
-		{Prefix: "/hooks/", Verify: &ExtAuthzMAC{Keyset: "webhooks", Header: "x-keyshift-signature", Parts: []string{"method", "path", "query", "header:x-request-id", "header:content-type"}}},
+		{Prefix: "/hooks/", Verify: &ExtAuthzMAC{Keyset: "webhooks", Header: "x-keyshift-signature", Parts: []string{"method", "path", "query", "header:x-request-id", "header:content-type"},
+			MaxSkewSeconds: 300, RequireNonce: true}},
 		{Prefix: "/internal/",
 			Decrypt: []ExtAuthzDecrypt{{Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"},
 				Reseal: &ExtAuthzReseal{Cookie: &ExtAuthzCookie{SameSite: "strict"}}}},
 			Sign: &ExtAuthzMAC{Keyset: "webhooks", Header: "x-keyshift-proxy-mac", Parts: []string{"method", "path", "header:x-user"}}},
 	}}
-	ignore := cmpopts.IgnoreUnexported(ExtAuthzPolicy{})
+	ignore := cmpopts.IgnoreUnexported(ExtAuthzPolicy{}, ExtAuthzDecrypt{})
 	if diff := cmp.Diff(want, y, ignore); diff != "" {
 		t.Errorf("example policy (-want +got):\n%s", diff)
 	}
@@ -829,8 +872,10 @@ func TestExtAuthzRouteMatch(t *testing.T) {
 		{"/", "/"},
 		{"/index.html?q=/api", "/"},
 		{"/api", "/api"},
-		{"/apiv1", "/api"},
-		{"/api/v2", "/api"},
+		{"/apiv1", "/"},
+		{"/api/v2", "/api/v2/"},
+		{"/api/v2x", "/api"},
+		{"/api/v2/adminx", "/api/v2/"},
 		{"/api/v2/", "/api/v2/"},
 		{"/api/v2/orders?x=/api/v2/admin", "/api/v2/"},
 		{"/api/v2/admin/users", "/api/v2/admin"},
@@ -852,7 +897,7 @@ func TestExtAuthzRouteMatch(t *testing.T) {
 			t.Errorf("%s matched %v, want %s", tc.path, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "*", "api", "/a/%zz", "http://h/a"} {
+	for _, bad := range []string{"", "*", "api", "/a/%zz", "http://h/a", "/a;b", "/a/..;/b", "/a%3bb", `/a\b`, "/a%5cb", "/a%2541", "/a%00", "/a\x7f"} {
 		if _, ok := matchPath(bad); ok {
 			t.Errorf("matchPath(%q) ok; want refused", bad)
 		}
@@ -888,11 +933,15 @@ func TestExtAuthzMACFormat(t *testing.T) {
 		}
 	}
 	header := func(h string) string { return map[string]string{"x-id": "42"}[h] }
-	got, ok := canonicalRequest([]string{"authority", "header:x-id", "header:x-absent", "method"}, requestParts{method: "GET", authority: "h.example"}, header)
-	if want := "keyshift-request-mac-v1\nauthority=h.example\nheader:x-id=42\nheader:x-absent=\nmethod=GET"; !ok || string(got) != want {
+	got, ok := canonicalRequest(macDomainSender, "1700000000", "", []string{"authority", "header:x-id", "header:x-absent", "method"}, requestParts{method: "GET", authority: "h.example"}, header)
+	if want := "keyshift-request-mac-v2/sender\ntimestamp=1700000000\nnonce=\nauthority=h.example\nheader:x-id=42\nheader:x-absent=\nmethod=GET"; !ok || string(got) != want {
 		t.Errorf("canonicalRequest = %q, %v; want %q", got, ok, want)
 	}
-	if _, ok := canonicalRequest([]string{"header:x-id"}, requestParts{}, func(string) string { return "a\nmethod=POST" }); ok {
+	got, ok = canonicalRequest(macDomainProxy, "1700000001", "bm9uY2Vub25jZW5vbmNl", []string{"path"}, requestParts{path: "/a"}, header)
+	if want := "keyshift-request-mac-v2/proxy\ntimestamp=1700000001\nnonce=bm9uY2Vub25jZW5vbmNl\npath=/a"; !ok || string(got) != want {
+		t.Errorf("canonicalRequest = %q, %v; want %q", got, ok, want)
+	}
+	if _, ok := canonicalRequest(macDomainSender, "1", "", []string{"header:x-id"}, requestParts{}, func(string) string { return "a\nmethod=POST" }); ok {
 		t.Error("a newline in a signed value must refuse the request")
 	}
 }
@@ -910,7 +959,7 @@ func TestExtAuthzCookies(t *testing.T) {
 	a := newAuthzEnv(t, testPolicy)
 	good := a.seal(t, "payments", "dave", sessionCtx)
 	got2 := a.check(t, a.tcp, envoyRequest("GET", "/app/x", map[string]string{"cookie": "session=stale; session=" + good + "; theme=dark"}))
-	if diff := cmp.Diff(checkResult{Code: codes.OK, Set: map[string]string{"x-user": "dave", "cookie": "theme=dark"}}, got2); diff != "" {
+	if diff := cmp.Diff(checkResult{Code: codes.OK, Set: map[string]string{"x-user": "dave", "cookie": "theme=dark"}, Remove: stripped("x-user")}, got2); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

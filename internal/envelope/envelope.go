@@ -1,8 +1,8 @@
 // Package envelope owns keyshift's ciphertext format: a self-describing,
-// authenticated header (format, keyset name, key version, seed, nonce)
-// followed by AES-256-GCM output under a per-message key derived from the
-// version's data key. See SPEC.md in this folder for the byte layout, the
-// key derivation and why it was chosen.
+// authenticated header (format, keyset name, key version, seed, key
+// commitment, nonce) followed by AES-256-GCM output under a per-message key
+// derived from the version's data key. See SPEC.md in this folder for the
+// byte layout, the key derivation and why it was chosen.
 //
 // The package knows nothing of KMSes or keysets: it takes a Key (a data key
 // already unwrapped) and bytes.
@@ -14,6 +14,7 @@ import (
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -26,8 +27,20 @@ import (
 	"unicode/utf8"
 )
 
-// Format1 is the only ciphertext format defined so far.
-const Format1 byte = 0x01
+// Ciphertext formats. Seal writes SealFormat; Open reads every format
+// listed here.
+const (
+	// Format1 has no key commitment: whoever holds two data keys can craft
+	// one ciphertext that opens under both. It is read, never written.
+	Format1 byte = 0x01
+	// Format2 adds a key commitment to the header, so a ciphertext opens
+	// under one data key only.
+	Format2 byte = 0x02
+	// SealFormat is the format Seal writes. A ciphertext in any other
+	// format is worth re-sealing (rewrapping) even under the primary
+	// version.
+	SealFormat = Format2
+)
 
 // Limits enforced when sealing and when parsing. They keep a hostile input
 // from making the parser allocate or loop without bound.
@@ -46,12 +59,14 @@ const (
 	KeySize = 32
 	// SeedSize is the per-message random seed that selects the derived key.
 	SeedSize = 32
+	// CommitmentSize is the Format2 key commitment size.
+	CommitmentSize = 32
 	// NonceSize is the AES-GCM nonce size.
 	NonceSize = 12
 	// TagSize is the AES-GCM tag size.
 	TagSize = 16
-	// MinCiphertextLen is the shortest possible valid ciphertext
-	// (one-byte name, empty plaintext).
+	// MinCiphertextLen is the shortest possible valid ciphertext of any
+	// format (Format1, one-byte name, empty plaintext).
 	MinCiphertextLen = 1 + 1 + 1 + 4 + SeedSize + NonceSize + TagSize
 )
 
@@ -63,7 +78,9 @@ var (
 	ErrMalformed = errors.New("envelope: malformed ciphertext")
 	// ErrUnsupportedFormat: the format byte names no format this build knows.
 	ErrUnsupportedFormat = errors.New("envelope: unsupported ciphertext format")
-	// ErrDecrypt: authentication failed (tampered data, wrong key or wrong context).
+	// ErrDecrypt: authentication failed (tampered data, wrong key or wrong
+	// context). Open wraps it with the reason (key commitment or tag
+	// mismatch) for logs; errors.Is(err, ErrDecrypt) holds for both.
 	ErrDecrypt = errors.New("envelope: decryption failed")
 	// ErrBadContext: the encryption context breaks the limits.
 	ErrBadContext = errors.New("envelope: bad encryption context")
@@ -73,21 +90,25 @@ var (
 	ErrBadKey = errors.New("envelope: bad key")
 )
 
+// HKDF labels (SPEC.md, "Keys"). One PRK per version serves every format;
+// the info labels keep each derived value independent of the others.
 const (
-	prkSalt = "keyshift envelope v1 prk"
-	msgInfo = "keyshift envelope v1 message key"
-	macInfo = "keyshift mac v1"
+	prkSalt     = "keyshift envelope v1 prk"
+	msgInfo     = "keyshift envelope v1 message key"
+	msgInfo2    = "keyshift envelope v2 message key"
+	commitInfo2 = "keyshift envelope v2 commitment"
+	macInfo     = "keyshift mac v1"
 )
 
 // Key is one unwrapped data key version ready to seal and open messages. It
 // holds the HKDF pseudorandom key derived from the DEK, never the DEK
 // itself. It prints and logs as REDACTED.
 type Key struct {
-	name    string
-	version uint32
-	prk     []byte
-	macKey  []byte
-	macs    sync.Pool // of hash.Hash: HMAC-SHA-256 keyed with prk
+	name      string
+	version   uint32
+	prk       []byte
+	macKey    []byte
+	expanders sync.Pool // of *expander keyed with prk
 }
 
 // NewKey derives a Key for keyset name, version from a 32-byte data key.
@@ -111,7 +132,7 @@ func NewKey(name string, version uint32, dek []byte) (*Key, error) {
 		return nil, fmt.Errorf("envelope: derive MAC key: %w", err)
 	}
 	k := &Key{name: name, version: version, prk: prk, macKey: macKey}
-	k.macs.New = func() any { return hmac.New(sha256.New, k.prk) }
+	k.expanders.New = func() any { return &expander{mac: hmac.New(sha256.New, k.prk)} }
 	return k, nil
 }
 
@@ -159,13 +180,57 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// Header is the authenticated, cleartext part of a ciphertext.
+// Header is the authenticated, cleartext part of a ciphertext. Parse and
+// AppendBinary are exact inverses: the byte layout (SPEC.md) is written
+// only there.
 type Header struct {
 	Format  byte
 	Keyset  string
 	Version uint32
 	Seed    [SeedSize]byte
-	Nonce   [NonceSize]byte
+	// Commitment commits the ciphertext to one data key (Format2); it is
+	// all zero in a Format1 header.
+	Commitment [CommitmentSize]byte
+	Nonce      [NonceSize]byte
+}
+
+// headerLen is the header size of format for a keyset name of nameLen
+// bytes, or 0 for an unknown format.
+func headerLen(format byte, nameLen int) int {
+	switch format {
+	case Format1:
+		return 1 + 1 + nameLen + 4 + SeedSize + NonceSize
+	case Format2:
+		return 1 + 1 + nameLen + 4 + SeedSize + CommitmentSize + NonceSize
+	}
+	return 0
+}
+
+// AppendBinary appends the encoded header to b (encoding.BinaryAppender).
+// It refuses a header Parse would refuse, and a Format1 header with a
+// commitment, which that format cannot carry.
+func (h Header) AppendBinary(b []byte) ([]byte, error) {
+	if headerLen(h.Format, 0) == 0 {
+		return nil, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, h.Format)
+	}
+	if err := ValidateName(h.Keyset); err != nil {
+		return nil, err
+	}
+	if h.Version == 0 {
+		return nil, fmt.Errorf("%w: version 0 is reserved", ErrBadKey)
+	}
+	if h.Format == Format1 && h.Commitment != [CommitmentSize]byte{} {
+		return nil, fmt.Errorf("%w: format 0x01 carries no commitment", ErrMalformed)
+	}
+	b = slices.Grow(b, headerLen(h.Format, len(h.Keyset)))
+	b = append(b, h.Format, byte(len(h.Keyset)))
+	b = append(b, h.Keyset...)
+	b = binary.BigEndian.AppendUint32(b, h.Version)
+	b = append(b, h.Seed[:]...)
+	if h.Format == Format2 {
+		b = append(b, h.Commitment[:]...)
+	}
+	return append(b, h.Nonce[:]...), nil
 }
 
 // Parse reads the header of ciphertext without decrypting. It checks every
@@ -177,23 +242,24 @@ func Parse(ciphertext []byte) (Header, int, error) {
 		return h, 0, fmt.Errorf("%w: empty", ErrMalformed)
 	}
 	h.Format = ciphertext[0]
-	if h.Format != Format1 {
+	if headerLen(h.Format, 0) == 0 {
 		return h, 0, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, h.Format)
 	}
 	if len(ciphertext) < MinCiphertextLen {
 		return h, 0, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrMalformed, len(ciphertext), MinCiphertextLen)
 	}
-	if len(ciphertext) > MaxCiphertextLen(MaxNameLen) {
-		return h, 0, fmt.Errorf("%w: %d bytes exceeds the maximum", ErrMalformed, len(ciphertext))
-	}
 	n := int(ciphertext[1])
 	if n == 0 || n > MaxNameLen {
 		return h, 0, fmt.Errorf("%w: keyset name length %d", ErrMalformed, n)
 	}
-	off := 2
-	if len(ciphertext) < off+n+4+SeedSize+NonceSize+TagSize {
+	hlen := headerLen(h.Format, n)
+	if len(ciphertext) < hlen+TagSize {
 		return h, 0, fmt.Errorf("%w: truncated", ErrMalformed)
 	}
+	if len(ciphertext) > hlen+MaxPlaintext+TagSize {
+		return h, 0, fmt.Errorf("%w: %d bytes exceeds the maximum", ErrMalformed, len(ciphertext))
+	}
+	off := 2
 	name := string(ciphertext[off : off+n])
 	if err := ValidateName(name); err != nil {
 		return h, 0, fmt.Errorf("%w: invalid keyset name", ErrMalformed)
@@ -205,55 +271,69 @@ func Parse(ciphertext []byte) (Header, int, error) {
 		return h, 0, fmt.Errorf("%w: key version 0", ErrMalformed)
 	}
 	off += 4
-	copy(h.Seed[:], ciphertext[off:])
-	off += SeedSize
-	copy(h.Nonce[:], ciphertext[off:])
-	off += NonceSize
+	off += copy(h.Seed[:], ciphertext[off:])
+	if h.Format == Format2 {
+		off += copy(h.Commitment[:], ciphertext[off:])
+	}
+	off += copy(h.Nonce[:], ciphertext[off:])
 	return h, off, nil
 }
 
-// MaxCiphertextLen is the largest ciphertext for a keyset name of nameLen bytes.
+// MaxCiphertextLen is the largest ciphertext of any format for a keyset
+// name of nameLen bytes.
 func MaxCiphertextLen(nameLen int) int {
-	return 1 + 1 + nameLen + 4 + SeedSize + NonceSize + MaxPlaintext + TagSize
+	return headerLen(SealFormat, nameLen) + MaxPlaintext + TagSize
 }
 
-// Overhead is the number of bytes a ciphertext adds to its plaintext for a
-// keyset name of nameLen bytes.
-func Overhead(nameLen int) int { return 1 + 1 + nameLen + 4 + SeedSize + NonceSize + TagSize }
+// Overhead is the number of bytes Seal adds to a plaintext for a keyset
+// name of nameLen bytes.
+func Overhead(nameLen int) int { return headerLen(SealFormat, nameLen) + TagSize }
 
-// Seal encrypts plaintext under k, binding the header and the canonical form
-// of context as associated data. rand supplies the seed and nonce
-// (crypto/rand.Reader in production; fixed bytes only for test vectors).
+// Seal encrypts plaintext under k in SealFormat, binding the header and the
+// canonical form of context as associated data. rand supplies the seed and
+// nonce, in that order (crypto/rand.Reader in production; fixed bytes only
+// for test vectors).
 func Seal(k *Key, plaintext []byte, context map[string]string, rand io.Reader) ([]byte, error) {
+	return seal(k, SealFormat, plaintext, context, rand)
+}
+
+// seal is Seal in a chosen format; Format1 only for its test vectors and
+// benchmark baseline.
+func seal(k *Key, format byte, plaintext []byte, context map[string]string, rand io.Reader) ([]byte, error) {
+	if headerLen(format, 0) == 0 {
+		return nil, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, format)
+	}
 	if len(plaintext) > MaxPlaintext {
 		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrTooLarge, len(plaintext), MaxPlaintext)
 	}
-	hlen := Overhead(len(k.name)) - TagSize
-	out := make([]byte, hlen, hlen+len(plaintext)+TagSize)
-	out[0] = Format1
-	out[1] = byte(len(k.name))
-	off := 2 + copy(out[2:], k.name)
-	binary.BigEndian.PutUint32(out[off:], k.version)
-	off += 4
-	if _, err := io.ReadFull(rand, out[off:off+SeedSize+NonceSize]); err != nil {
+	hlen := headerLen(format, len(k.name))
+	out := make([]byte, 0, hlen+len(plaintext)+TagSize)
+	// The random bytes pass through out, which the header then overwrites.
+	random := out[:SeedSize+NonceSize]
+	if _, err := io.ReadFull(rand, random); err != nil {
 		return nil, fmt.Errorf("envelope: read random: %w", err)
 	}
-	seed := out[off : off+SeedSize]
-	nonce := out[off+SeedSize : off+SeedSize+NonceSize]
-	aead, err := k.messageAEAD(seed)
+	h := Header{Format: format, Keyset: k.name, Version: k.version}
+	copy(h.Seed[:], random[:SeedSize])
+	copy(h.Nonce[:], random[SeedSize:])
+	aead, err := k.messageAEAD(format, h.Seed[:], &h.Commitment)
 	if err != nil {
 		return nil, err
 	}
-	ad, err := associatedData(out[:hlen], context)
+	out, err = h.AppendBinary(out)
 	if err != nil {
 		return nil, err
 	}
-	return aead.Seal(out, nonce, plaintext, ad), nil
+	ad, err := associatedData(out, context)
+	if err != nil {
+		return nil, err
+	}
+	return aead.Seal(out, out[hlen-NonceSize:hlen], plaintext, ad), nil
 }
 
 // Open decrypts ciphertext with k. The ciphertext's keyset and version must
-// be k's: look the key up with Parse first. Every authentication failure
-// returns ErrDecrypt.
+// be k's: look the key up with Parse first. Every authentication failure,
+// a Format2 key commitment that is not k's included, returns ErrDecrypt.
 func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) {
 	h, off, err := Parse(ciphertext)
 	if err != nil {
@@ -262,40 +342,66 @@ func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) 
 	if h.Keyset != k.name || h.Version != k.version {
 		return nil, fmt.Errorf("%w: ciphertext is for %s v%d, key is %s v%d", ErrBadKey, h.Keyset, h.Version, k.name, k.version)
 	}
-	aead, err := k.messageAEAD(h.Seed[:])
+	var commitment [CommitmentSize]byte
+	aead, err := k.messageAEAD(h.Format, h.Seed[:], &commitment)
 	if err != nil {
 		return nil, err
+	}
+	// Before any AEAD work: a ciphertext committed to another data key must
+	// not reach GCM. Both values are all zero for Format1.
+	if subtle.ConstantTimeCompare(commitment[:], h.Commitment[:]) != 1 {
+		return nil, fmt.Errorf("%w: key commitment mismatch", ErrDecrypt)
 	}
 	ad, err := associatedData(ciphertext[:off], context)
 	if err != nil {
 		return nil, err
 	}
-	pt, err := aead.Open(nil, h.Nonce[:], ciphertext[off:], ad)
+	pt, err := aead.Open(nil, ciphertext[off-NonceSize:off], ciphertext[off:], ad)
 	if err != nil {
-		return nil, ErrDecrypt
+		return nil, fmt.Errorf("%w: authentication tag mismatch", ErrDecrypt)
 	}
 	return pt, nil
 }
 
-// messageAEAD derives the message key for seed. HKDF-Expand with a 32-byte
-// output is a single HMAC block, T(1) = HMAC(PRK, info || 0x01); it is
-// computed here with a pooled HMAC to keep the hot path free of
-// per-message allocations (TestMessageKeyIsHKDF checks it against
-// crypto/hkdf).
-func (k *Key) messageAEAD(seed []byte) (cipher.AEAD, error) {
-	mac := k.macs.Get().(hash.Hash)
-	mac.Reset()
-	mac.Write([]byte(msgInfo))
-	mac.Write(seed)
-	mac.Write([]byte{1})
-	var buf [sha256.Size]byte
-	mk := mac.Sum(buf[:0])
-	k.macs.Put(mac)
-	block, err := aes.NewCipher(mk)
+// messageAEAD derives the message AEAD for seed in format and, for
+// Format2, the key commitment into commitment (left all zero for Format1).
+func (k *Key) messageAEAD(format byte, seed []byte, commitment *[CommitmentSize]byte) (cipher.AEAD, error) {
+	var mk [KeySize]byte
+	e := k.expanders.Get().(*expander)
+	switch format {
+	case Format1:
+		e.expand(&mk, msgInfo, seed)
+	case Format2:
+		e.expand(&mk, msgInfo2, seed)
+		e.expand(commitment, commitInfo2, seed)
+	default:
+		k.expanders.Put(e)
+		return nil, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, format)
+	}
+	k.expanders.Put(e)
+	block, err := aes.NewCipher(mk[:])
 	if err != nil {
 		return nil, fmt.Errorf("envelope: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// expander computes HKDF-Expand(PRK, label || seed, 32), a single HMAC
+// block T(1) = HMAC(PRK, label || seed || 0x01), with a pooled HMAC and
+// buffers so the hot path allocates nothing for it (TestMessageKeyIsHKDF
+// checks it against crypto/hkdf).
+type expander struct {
+	mac hash.Hash // HMAC-SHA-256 keyed with the PRK
+	in  []byte
+	out [sha256.Size]byte
+}
+
+func (e *expander) expand(out *[32]byte, label string, seed []byte) {
+	e.in = append(append(append(e.in[:0], label...), seed...), 1)
+	e.mac.Reset()
+	e.mac.Write(e.in)
+	*out = [32]byte(e.mac.Sum(e.out[:0]))
+	clear(e.out[:])
 }
 
 // associatedData is header || CanonicalContext(context).

@@ -66,12 +66,15 @@ func fixedKey(t testing.TB, name string, v uint32) *Key {
 	return k
 }
 
-// generateVectors builds the vector set from fixed inputs; -update writes it.
+// generateVectors builds the vector set from fixed inputs; -update writes
+// it. The Format1 vectors come first and must not change: they are what
+// sidecars wrote before Format2 and still read.
 func generateVectors(t *testing.T) []vector {
 	dek := make([]byte, KeySize)
 	for i := range dek {
 		dek[i] = byte(i)
 	}
+	otherDEK := bytes.Repeat([]byte{0xEE}, KeySize)
 	seed := bytes.Repeat([]byte{0xA5}, SeedSize)
 	nonce := bytes.Repeat([]byte{0x5A}, NonceSize)
 	rnd := func() *bytes.Reader { return bytes.NewReader(append(append([]byte{}, seed...), nonce...)) }
@@ -79,47 +82,64 @@ func generateVectors(t *testing.T) []vector {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seal := func(pt []byte, c map[string]string) string {
-		ct, err := Seal(k, pt, c, rnd())
+	base := vector{DEK: hex.EncodeToString(dek), Keyset: "payments", Version: 7, Seed: hex.EncodeToString(seed), Nonce: hex.EncodeToString(nonce)}
+	var vs []vector
+	add := func(format byte, comment string, pt []byte, c map[string]string) string {
+		ct, err := seal(k, format, pt, c, rnd())
 		if err != nil {
 			t.Fatal(err)
 		}
-		return hex.EncodeToString(ct)
-	}
-	base := vector{DEK: hex.EncodeToString(dek), Keyset: "payments", Version: 7, Seed: hex.EncodeToString(seed), Nonce: hex.EncodeToString(nonce)}
-	var vs []vector
-	add := func(comment string, pt []byte, c map[string]string) string {
 		v := base
-		v.Comment, v.Plaintext, v.Context, v.Ciphertext = comment, hex.EncodeToString(pt), c, seal(pt, c)
+		v.Comment, v.Plaintext, v.Context, v.Ciphertext = comment, hex.EncodeToString(pt), c, hex.EncodeToString(ct)
 		vs = append(vs, v)
 		return v.Ciphertext
 	}
-	add("empty plaintext, no context", nil, nil)
-	ctx := map[string]string{"tenant": "acme", "table": "users", "ünï": "cödé"}
-	good := add("short plaintext with context", []byte("hello, keyshift"), ctx)
-	add("1 KiB plaintext", bytes.Repeat([]byte("0123456789abcdef"), 64), map[string]string{"a": ""})
-	neg := func(comment, ct string, open map[string]string, want error) {
+	neg := func(comment, ct string, open map[string]string, want error) *vector {
 		v := base
 		v.Comment, v.Ciphertext, v.OpenWith, v.Error = comment, ct, open, want.Error()
 		v.Seed, v.Nonce = "", ""
 		vs = append(vs, v)
+		return &vs[len(vs)-1]
 	}
 	flip := func(s string, i int) string {
 		b, _ := hex.DecodeString(s)
 		b[i] ^= 0x01
 		return hex.EncodeToString(b)
 	}
+	ctx := map[string]string{"tenant": "acme", "table": "users", "ünï": "cödé"}
+	kib := bytes.Repeat([]byte("0123456789abcdef"), 64)
+
+	// Format1: hex offsets below count two characters a byte.
+	add(Format1, "empty plaintext, no context", nil, nil)
+	good := add(Format1, "short plaintext with context", []byte("hello, keyshift"), ctx)
+	add(Format1, "1 KiB plaintext", kib, map[string]string{"a": ""})
 	neg("wrong context value", good, map[string]string{"tenant": "evil", "table": "users", "ünï": "cödé"}, ErrDecrypt)
 	neg("context missing", good, nil, ErrDecrypt)
 	neg("flipped seed byte", flip(good, 2+8+4), ctx, ErrDecrypt)
 	neg("flipped nonce byte", flip(good, 2+8+4+SeedSize), ctx, ErrDecrypt)
 	neg("flipped tag byte", flip(good, len(good)/2-1), ctx, ErrDecrypt)
-	neg("unsupported format", "02"+good[2:], ctx, ErrUnsupportedFormat)
+	neg("unsupported format", "03"+good[2:], ctx, ErrUnsupportedFormat)
 	neg("truncated", good[:40], ctx, ErrMalformed)
 	neg("name length zero", good[:2]+"00"+good[4:], ctx, ErrMalformed)
 	neg("name length past end", good[:2]+"ff"+good[4:], ctx, ErrMalformed)
 	neg("uppercase name", good[:4]+hex.EncodeToString([]byte("PAYMENTS"))+good[4+16:], ctx, ErrMalformed)
 	neg("version zero", good[:4+16]+"00000000"+good[4+16+8:], ctx, ErrMalformed)
+
+	// Format2: the key-committing format Seal writes.
+	add(Format2, "format 2: empty plaintext, no context", nil, nil)
+	good2 := add(Format2, "format 2: short plaintext with context", []byte("hello, keyshift"), ctx)
+	add(Format2, "format 2: 1 KiB plaintext", kib, map[string]string{"a": ""})
+	seedOff, commitOff := 2+8+4, 2+8+4+SeedSize
+	nonceOff := commitOff + CommitmentSize
+	neg("format 2: wrong context value", good2, map[string]string{"tenant": "evil", "table": "users", "ünï": "cödé"}, ErrDecrypt)
+	neg("format 2: flipped seed byte", flip(good2, seedOff), ctx, ErrDecrypt)
+	neg("format 2: flipped commitment byte", flip(good2, commitOff), ctx, ErrDecrypt)
+	neg("format 2: flipped nonce byte", flip(good2, nonceOff), ctx, ErrDecrypt)
+	neg("format 2: flipped tag byte", flip(good2, len(good2)/2-1), ctx, ErrDecrypt)
+	neg("format 2: other data key, same keyset and version", good2, ctx, ErrDecrypt).DEK = hex.EncodeToString(otherDEK)
+	neg("format 2 relabelled as format 1", "01"+good2[2:], ctx, ErrDecrypt)
+	neg("format 1 relabelled as format 2", "02"+good[2:], ctx, ErrMalformed)
+	neg("format 2: one byte short of an empty message", good2[:2*(nonceOff+NonceSize+TagSize-1)], ctx, ErrMalformed)
 	return vs
 }
 
@@ -142,6 +162,15 @@ func TestVectors(t *testing.T) {
 	if err := json.Unmarshal(b, &vs); err != nil {
 		t.Fatal(err)
 	}
+	formats := map[byte]int{}
+	for _, v := range vs {
+		if v.Error == "" {
+			formats[mustHex(t, v.Ciphertext)[0]]++
+		}
+	}
+	if diff := cmp.Diff(map[byte]int{Format1: 3, Format2: 3}, formats); diff != "" {
+		t.Fatalf("positive vectors per format (-want +got):\n%s", diff)
+	}
 	if len(vs) < 10 {
 		t.Fatalf("only %d vectors in %s", len(vs), path)
 	}
@@ -163,7 +192,7 @@ func TestVectors(t *testing.T) {
 				return
 			}
 			rnd := bytes.NewReader(append(mustHex(t, v.Seed), mustHex(t, v.Nonce)...))
-			got, err := Seal(k, mustHex(t, v.Plaintext), v.Context, rnd)
+			got, err := seal(k, ct[0], mustHex(t, v.Plaintext), v.Context, rnd)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -196,8 +225,11 @@ func TestRoundTripAndHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Keyset != "orders" || h.Version != 3 || h.Format != Format1 || off != len(ct)-len(pt)-TagSize {
+	if h.Keyset != "orders" || h.Version != 3 || h.Format != SealFormat || off != len(ct)-len(pt)-TagSize {
 		t.Fatalf("header = %+v off %d", h, off)
+	}
+	if h.Commitment == [CommitmentSize]byte{} {
+		t.Fatal("Seal wrote no key commitment")
 	}
 	got, err := Open(k, ct, ctx)
 	if err != nil || !bytes.Equal(got, pt) {
@@ -234,8 +266,8 @@ func TestOpenWrongKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	other, _ := NewKey("orders", 3, bytes.Repeat([]byte{9}, KeySize))
-	if _, err := Open(other, ct, nil); !errors.Is(err, ErrDecrypt) {
-		t.Fatalf("same name/version, other DEK: err = %v, want ErrDecrypt", err)
+	if _, err := Open(other, ct, nil); !errors.Is(err, ErrDecrypt) || !strings.Contains(err.Error(), "commitment") {
+		t.Fatalf("same name/version, other DEK: err = %v, want ErrDecrypt for the key commitment", err)
 	}
 	if _, err := Open(fixedKey(t, "orders", 4), ct, nil); !errors.Is(err, ErrBadKey) {
 		t.Fatalf("other version: err = %v, want ErrBadKey", err)
@@ -328,6 +360,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add([]byte{Format1})
+	f.Add([]byte{Format2})
 	k := fixedKey(f, "payments", 7)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, off, err := Parse(data)
@@ -337,33 +370,97 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if off > len(data)-TagSize || off != Overhead(len(h.Keyset))-TagSize {
+		if off > len(data)-TagSize || off != headerLen(h.Format, len(h.Keyset)) {
 			t.Fatalf("offset %d for %d bytes", off, len(data))
 		}
 		if ValidateName(h.Keyset) != nil || h.Version == 0 {
 			t.Fatalf("Parse accepted %+v", h)
 		}
+		enc, err := h.AppendBinary(nil)
+		if err != nil {
+			t.Fatalf("AppendBinary(%+v) refused a parsed header: %v", h, err)
+		}
+		if !bytes.Equal(enc, data[:off]) {
+			t.Fatalf("header re-encodes as %x, parsed from %x", enc, data[:off])
+		}
 		if h.Keyset == k.Name() && h.Version == k.Version() {
-			if pt, err := Open(k, data, nil); err == nil && !bytes.Equal(data, mustSealLike(t, k, pt, data)) {
+			if pt, err := Open(k, data, nil); err == nil && !bytes.Equal(data, mustSealLike(t, k, h, pt)) {
 				t.Fatal("opened a forged ciphertext")
 			}
 		}
 	})
 }
 
-// mustSealLike reseals pt with the seed and nonce of ct: a genuine
+// mustSealLike reseals pt with the format, seed and nonce of h: a genuine
 // ciphertext reproduces itself byte for byte.
-func mustSealLike(t *testing.T, k *Key, pt, ct []byte) []byte {
-	_, off, _ := Parse(ct)
-	out, err := Seal(k, pt, nil, bytes.NewReader(ct[off-SeedSize-NonceSize:off]))
+func mustSealLike(t *testing.T, k *Key, h Header, pt []byte) []byte {
+	out, err := seal(k, h.Format, pt, nil, bytes.NewReader(append(h.Seed[:], h.Nonce[:]...)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
 }
 
+// TestHeaderRoundTrip: AppendBinary and Parse are exact inverses, and
+// AppendBinary refuses what Parse would refuse.
+func TestHeaderRoundTrip(t *testing.T) {
+	var seed [SeedSize]byte
+	var commitment [CommitmentSize]byte
+	var nonce [NonceSize]byte
+	for i := range seed {
+		seed[i], commitment[i] = byte(i), byte(0x80+i)
+	}
+	for i := range nonce {
+		nonce[i] = byte(0x40 + i)
+	}
+	for _, h := range []Header{
+		{Format: Format1, Keyset: "a", Version: 1, Seed: seed, Nonce: nonce},
+		{Format: Format2, Keyset: strings.Repeat("z", MaxNameLen), Version: 1<<32 - 1, Seed: seed, Commitment: commitment, Nonce: nonce},
+	} {
+		enc, err := h.AppendBinary([]byte("prefix"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc = enc[len("prefix"):]
+		if len(enc) != headerLen(h.Format, len(h.Keyset)) {
+			t.Fatalf("format %d: %d header bytes, want %d", h.Format, len(enc), headerLen(h.Format, len(h.Keyset)))
+		}
+		got, off, err := Parse(append(enc, make([]byte, TagSize)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(h, got); diff != "" || off != len(enc) {
+			t.Fatalf("format %d: Parse(AppendBinary(h)) at offset %d of %d (-want +got):\n%s", h.Format, off, len(enc), diff)
+		}
+	}
+	bad := map[string]struct {
+		h    Header
+		want error
+	}{
+		"unknown format":        {Header{Format: 3, Keyset: "a", Version: 1}, ErrUnsupportedFormat},
+		"invalid name":          {Header{Format: Format2, Keyset: "A", Version: 1}, ErrBadKey},
+		"version zero":          {Header{Format: Format2, Keyset: "a"}, ErrBadKey},
+		"format 1 with commitm": {Header{Format: Format1, Keyset: "a", Version: 1, Commitment: commitment}, ErrMalformed},
+	}
+	for name, c := range bad {
+		if _, err := c.h.AppendBinary(nil); !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, c.want)
+		}
+	}
+}
+
+// BenchmarkSeal1KiB prices the envelope against AES-GCM under one fixed key
+// (the floor) and Format2 against Format1 (the price of the key
+// commitment), all measured in the same run and reported as ratios.
 func BenchmarkSeal1KiB(b *testing.B) {
 	pt := make([]byte, 1024)
+	var baseline, format1 float64 // ns/op measured earlier in this run
+	nsPerOp := func(b *testing.B) float64 { return float64(b.Elapsed().Nanoseconds()) / float64(b.N) }
+	ratio := func(b *testing.B, base float64, unit string) {
+		if base > 0 {
+			b.ReportMetric(nsPerOp(b)/base, unit)
+		}
+	}
 	b.Run("baseline=aes-gcm-fixed-key", func(b *testing.B) {
 		block, _ := aes.NewCipher(make([]byte, 32))
 		aead, _ := cipher.NewGCM(block)
@@ -373,36 +470,73 @@ func BenchmarkSeal1KiB(b *testing.B) {
 			_, _ = rand.Read(nonce)
 			aead.Seal(nil, nonce, pt, nonce)
 		}
+		baseline = nsPerOp(b)
 	})
-	b.Run("envelope", func(b *testing.B) {
-		k := fixedKey(b, "bench", 1)
-		ctx := map[string]string{"tenant": "t"}
+	k := fixedKey(b, "bench", 1)
+	ctx := map[string]string{"tenant": "t"}
+	b.Run("format=1", func(b *testing.B) {
+		b.SetBytes(1024)
+		for b.Loop() {
+			if _, err := seal(k, Format1, pt, ctx, rand.Reader); err != nil {
+				b.Fatal(err)
+			}
+		}
+		format1 = nsPerOp(b)
+		ratio(b, baseline, "x-baseline")
+	})
+	b.Run("format=2", func(b *testing.B) {
 		b.SetBytes(1024)
 		for b.Loop() {
 			if _, err := Seal(k, pt, ctx, rand.Reader); err != nil {
 				b.Fatal(err)
 			}
 		}
+		ratio(b, baseline, "x-baseline")
+		ratio(b, format1, "x-format1")
 	})
 }
 
-// The pooled single-block HMAC in messageAEAD must equal HKDF-Expand.
+// The pooled single-block HMACs in messageAEAD must equal HKDF-Expand with
+// the labels SPEC.md gives.
 func TestMessageKeyIsHKDF(t *testing.T) {
 	k := fixedKey(t, "orders", 3)
 	seed := bytes.Repeat([]byte{0x42}, SeedSize)
-	want, err := hkdf.Expand(sha256.New, k.prk, msgInfo+string(seed), KeySize)
-	if err != nil {
-		t.Fatal(err)
+	expand := func(label string) []byte {
+		out, err := hkdf.Expand(sha256.New, k.prk, label+string(seed), KeySize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
-	block, _ := aes.NewCipher(want)
-	ref, _ := cipher.NewGCM(block)
-	got, err := k.messageAEAD(seed)
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		format      byte
+		keyLabel    string
+		commitLabel string
+	}{
+		{Format1, "keyshift envelope v1 message key", ""},
+		{Format2, "keyshift envelope v2 message key", "keyshift envelope v2 commitment"},
+	} {
+		block, _ := aes.NewCipher(expand(c.keyLabel))
+		ref, _ := cipher.NewGCM(block)
+		var commitment [CommitmentSize]byte
+		got, err := k.messageAEAD(c.format, seed, &commitment)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nonce := make([]byte, NonceSize)
+		if !bytes.Equal(ref.Seal(nil, nonce, []byte("x"), nil), got.Seal(nil, nonce, []byte("x"), nil)) {
+			t.Fatalf("format %d: message key differs from HKDF-Expand", c.format)
+		}
+		want := make([]byte, CommitmentSize)
+		if c.commitLabel != "" {
+			want = expand(c.commitLabel)
+		}
+		if diff := cmp.Diff(want, commitment[:]); diff != "" {
+			t.Fatalf("format %d: commitment (-want +got):\n%s", c.format, diff)
+		}
 	}
-	nonce := make([]byte, NonceSize)
-	if !bytes.Equal(ref.Seal(nil, nonce, []byte("x"), nil), got.Seal(nil, nonce, []byte("x"), nil)) {
-		t.Fatal("message key differs from HKDF-Expand")
+	if _, err := k.messageAEAD(3, seed, new([CommitmentSize]byte)); !errors.Is(err, ErrUnsupportedFormat) {
+		t.Fatalf("format 3: err = %v", err)
 	}
 }
 

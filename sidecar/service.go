@@ -152,7 +152,10 @@ func (s *Service) rewrap(ciphertext []byte, c map[string]string) (Sealed, error)
 		return Sealed{}, err
 	}
 	defer clear(pt)
-	if set.primary.Version() == k.Version() {
+	// Under the primary and in the format Seal writes: nothing to do. A
+	// Format1 ciphertext (not key-committing) is resealed even under the
+	// primary, so Rewrap moves old data to Format2.
+	if set.primary.Version() == k.Version() && ciphertext[0] == envelope.SealFormat {
 		return Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
 	}
 	ct, err := envelope.Seal(set.primary, pt, c, s.rand)

@@ -44,6 +44,22 @@ const (
 	ExtAuthzPolicyVolume = "keyshift-ext-authz-policy"
 	ExtAuthzPolicyDir    = "/etc/keyshift/ext-authz"
 	ExtAuthzPolicyKey    = "policy.yaml"
+	// XDSVolume, mounted at XDSDir in the sidecar alone, holds what the
+	// sidecar needs to reach the controller over authenticated xDS: the
+	// pod's projected ServiceAccount token for audience XDSAudience
+	// (file XDSTokenFile), which the controller checks with a TokenReview,
+	// and the controller's CA bundle (file XDSCAFile) from the ConfigMap
+	// XDSCAConfigMap the controller keeps in every namespace with keysets.
+	XDSVolume      = "keyshift-xds"
+	XDSDir         = "/var/run/secrets/keyshift.io/xds"
+	XDSTokenFile   = "token"
+	XDSCAFile      = "ca.crt"
+	XDSAudience    = "keyshift.io/xds"
+	XDSCAConfigMap = "keyshift-xds-ca"
+	// XDSTokenSeconds is the token's lifetime; the kubelet renews it at
+	// 80% of that, and the controller ends a stream when its token
+	// expires, so the sidecar redials with the renewed one.
+	XDSTokenSeconds = 3600
 	// DefaultOpsPort is the sidecar's /livez, /readyz and /metrics port.
 	DefaultOpsPort = 9495
 	// DefaultExtAuthzPort is the ext_authz port when the annotation is

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"path"
 	"slices"
 	"sort"
@@ -106,6 +107,29 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 				Items:                []corev1.KeyToPath{{Key: ExtAuthzPolicyKey, Path: ExtAuthzPolicyKey}},
 				DefaultMode:          ptr(int32(0o444)),
 				Optional:             ptr(false),
+			}},
+		})
+	}
+	if cfg.XDSAddr != "" {
+		out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
+			Name: XDSVolume,
+			VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{
+					{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+						Audience: XDSAudience, ExpirationSeconds: ptr(int64(XDSTokenSeconds)), Path: XDSTokenFile,
+					}},
+					// Optional: the controller writes it once the
+					// namespace holds a keyset; until then the sidecar
+					// retries xDS and serves its mounted files.
+					{ConfigMap: &corev1.ConfigMapProjection{
+						LocalObjectReference: corev1.LocalObjectReference{Name: XDSCAConfigMap},
+						Items:                []corev1.KeyToPath{{Key: XDSCAFile, Path: XDSCAFile}},
+						Optional:             ptr(true),
+					}},
+				},
+				// Only the sidecar mounts this volume; its UID differs
+				// from the app's, so the token is made readable to it.
+				DefaultMode: ptr(int32(0o444)),
 			}},
 		})
 	}
@@ -311,7 +335,15 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 	if cfg.XDSAddr != "" {
 		// The controller pushes keyset versions over xDS and waits for this
 		// sidecar's ACK, named namespace/pod, before promoting them.
-		args = append(args, "--xds-addr="+cfg.XDSAddr)
+		host, _, err := net.SplitHostPort(cfg.XDSAddr)
+		if err != nil {
+			host = cfg.XDSAddr
+		}
+		args = append(args, "--xds-addr="+cfg.XDSAddr,
+			"--xds-server-name="+host,
+			"--xds-ca-file="+path.Join(XDSDir, XDSCAFile),
+			"--xds-token-file="+path.Join(XDSDir, XDSTokenFile))
+		mounts = append(mounts, corev1.VolumeMount{Name: XDSVolume, MountPath: XDSDir, ReadOnly: true})
 		env = append(env,
 			corev1.EnvVar{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}},
 			corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}})
@@ -391,6 +423,9 @@ func checkConflicts(pod *corev1.Pod, pc *PodConfig, cfg Config) error {
 	volumes := map[string]bool{SocketVolume: true}
 	if pc.ExtAuthzPolicy != "" {
 		volumes[ExtAuthzPolicyVolume] = true
+	}
+	if cfg.XDSAddr != "" {
+		volumes[XDSVolume] = true
 	}
 	for _, ks := range pc.Keysets {
 		volumes[keysetVolume(ks.Name)] = true

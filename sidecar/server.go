@@ -48,6 +48,11 @@ type Config struct {
 	XDSAddr string
 	// NodeID names this sidecar to the controller (namespace/pod).
 	NodeID string
+	// XDSCAFile and XDSServerName verify the controller; XDSTokenFile is
+	// the pod's projected ServiceAccount token the controller verifies.
+	XDSCAFile, XDSServerName, XDSTokenFile string
+	// XDSInsecure drops TLS and the token: loopback and unix:// only.
+	XDSInsecure bool
 	// MetricsAddr serves /livez, /readyz and /metrics ("" disables). Keep it
 	// on localhost.
 	MetricsAddr string
@@ -96,6 +101,12 @@ func (c *Config) defaults() error {
 	if c.XDSAddr != "" && c.NodeID == "" {
 		host, _ := os.Hostname()
 		c.NodeID = host
+	}
+	if c.XDSAddr != "" {
+		xc := xdsclient.Client{Addr: c.XDSAddr, Insecure: c.XDSInsecure, CAFile: c.XDSCAFile, ServerName: c.XDSServerName, TokenFile: c.XDSTokenFile}
+		if err := xc.CheckSecurity(); err != nil {
+			return fmt.Errorf("sidecar: %w (flags --xds-ca-file, --xds-server-name, --xds-token-file, or --xds-insecure)", err)
+		}
 	}
 	return nil
 }
@@ -196,7 +207,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		run(func() { _ = ms.Serve(metricsL) })
 	}
 	if cfg.XDSAddr != "" {
-		xc := &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log}
+		xc := &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log,
+			CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TokenFile: cfg.XDSTokenFile, Insecure: cfg.XDSInsecure}
 		run(func() { _ = xc.Run(ctx) })
 	}
 	for _, name := range names {
@@ -392,10 +404,13 @@ func (s *Server) opsHandler() http.Handler {
 			_, _ = w.Write([]byte("ok\n"))
 			return
 		}
+		// The ops port is on the pod network (the kubelet probes the pod
+		// IP): the reason, which names KMS keys and paths, stays on the
+		// socket (Status) and in the log.
 		w.WriteHeader(http.StatusServiceUnavailable)
 		for _, ks := range sets {
 			if ks.Primary == 0 {
-				fmt.Fprintf(w, "keyset %s not loaded: %s\n", ks.Name, ks.LastError)
+				fmt.Fprintf(w, "keyset %s not loaded (the reason: keyshift status on the socket, or the sidecar's log)\n", ks.Name)
 			}
 		}
 	})

@@ -98,7 +98,7 @@ func TestXDSEveryReplicasSidecarACKCounts(t *testing.T) {
 		t.Fatalf("Rotate = %+v, %v", out, err)
 	}
 	promoteOnce(t, leader, 2, sidecars)
-	if st := follower.x.Status("payments", 2); len(st.Subscribers) != 0 {
+	if st := follower.x.Status("", "payments", 2); len(st.Subscribers) != 0 {
 		t.Fatalf("the follower holds streams %v", st.Subscribers)
 	}
 }
@@ -132,7 +132,7 @@ func TestXDSLeaderChangeMidRotation(t *testing.T) {
 	}
 	svc.SetBackends(a.addr, b.addr) // a stale endpoint too: a refuses, the sidecar redials
 	promoteOnce(t, b, 2, sidecars)
-	if got := b.x.Status("payments", 2).Acked; !slices.Equal(got, pods) {
+	if got := b.x.Status("", "payments", 2).Acked; !slices.Equal(got, pods) {
 		t.Fatalf("new leader counted ACKs from %v, want %v", got, pods)
 	}
 	if out, _ := a.eng.Reconcile(ctx, "payments"); out.Action == "promote" {

@@ -44,7 +44,7 @@ func startController(tb testing.TB, dir, addr string) *controller {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	x := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
+	x := xds.NewServer(ctx, slog.New(slog.DiscardHandler), nil)
 	g := grpc.NewServer()
 	x.Register(g)
 	go func() { _ = g.Serve(l) }()
@@ -109,7 +109,7 @@ func startXDSSidecar(tb testing.TB, dir, addr, node string, reg kms.Registry) *S
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := Start(ctx, Config{
 		Socket: filepath.Join(dir, strings.ReplaceAll(node, "/", "_")+".sock"), Keysets: map[string]string{"payments": ""},
-		XDSAddr: addr, NodeID: node, KMS: reg, Logger: slog.New(slog.DiscardHandler),
+		XDSAddr: addr, XDSInsecure: true, NodeID: node, KMS: reg, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		cancel()
@@ -154,7 +154,7 @@ func TestXDSPromotionWaitsForEveryACK(t *testing.T) {
 	slow := startXDSSidecar(t, dir, c.addr, "ns/pod-slow", registryWith(func(w kms.Wrapper) kms.Wrapper { return slowKMS{w, 400 * time.Millisecond} }))
 	waitReady(t, a, b, slow)
 	waitUntil(t, func() bool {
-		return c.xds.Status("payments", 1).AllAcked() && len(c.xds.Status("payments", 1).Subscribers) == 3
+		return c.xds.Status("", "payments", 1).AllAcked() && len(c.xds.Status("", "payments", 1).Subscribers) == 3
 	}, "three sidecars ACK v1")
 
 	if out, err := c.eng.Rotate(ctx, "payments", "test"); err != nil || out.Action != "add-pending" {
@@ -304,7 +304,7 @@ func TestXDSRotationUnderCrossPodLoad(t *testing.T) {
 	writer := startXDSSidecar(t, dir, c.addr, "ns/writer", kms.Registry{local.Scheme: local.Open})
 	reader := startXDSSidecar(t, dir, c.addr, "ns/reader", registryWith(func(w kms.Wrapper) kms.Wrapper { return slowKMS{w, 50 * time.Millisecond} }))
 	waitReady(t, writer, reader)
-	waitUntil(t, func() bool { return len(c.xds.Status("payments", 1).Acked) == 2 }, "both ACK v1")
+	waitUntil(t, func() bool { return len(c.xds.Status("", "payments", 1).Acked) == 2 }, "both ACK v1")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -371,12 +371,12 @@ func TestXDSSidecarRestartDuringRotation(t *testing.T) {
 	// c2 runs under its own context so the test can kill it mid-rotation.
 	c2ctx, kill := context.WithCancel(context.Background())
 	restarting, err := Start(c2ctx, Config{Socket: filepath.Join(dir, "r.sock"), Keysets: map[string]string{"payments": ""},
-		XDSAddr: c.addr, NodeID: "ns/restarting", KMS: reg, Logger: slog.New(slog.DiscardHandler)})
+		XDSAddr: c.addr, XDSInsecure: true, NodeID: "ns/restarting", KMS: reg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitReady(t, a, b, restarting)
-	waitUntil(t, func() bool { return len(c.xds.Status("payments", 1).Acked) == 3 }, "three ACKs")
+	waitUntil(t, func() bool { return len(c.xds.Status("", "payments", 1).Acked) == 3 }, "three ACKs")
 
 	if _, err := c.eng.Rotate(ctx, "payments", "test"); err != nil {
 		t.Fatal(err)
@@ -400,7 +400,7 @@ func TestXDSSidecarRestartDuringRotation(t *testing.T) {
 		t.Fatalf("restarted sidecar cannot read a peer's v2 ciphertext: %v", err)
 	}
 	waitUntil(t, func() bool {
-		st := c.xds.Status("payments", 2)
+		st := c.xds.Status("", "payments", 2)
 		return st.AllAcked() && len(st.Subscribers) == 3
 	}, "all three subscribed and ACKed v2 after the restart")
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -48,6 +50,11 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster config)")
 	namespace := fs.String("namespace", "", "only manage keyset Secrets in this namespace (default: all)")
 	xdsAddr := fs.String("xds-addr", ":18000", "serve keysets to sidecars over xDS here (empty disables)")
+	xdsAuth := fs.String("xds-auth", "token", "how sidecars authenticate: token (TLS, and the pod's projected ServiceAccount token checked by TokenReview) or none (only with --keyset-dir on a loopback address)")
+	xdsAudience := fs.String("xds-audience", kube.DefaultXDSAudience, "audience of the sidecars' projected tokens")
+	xdsTLSSecret := fs.String("xds-tls-secret", "keyshift-controller-tls", "Secret, in the controller's namespace, holding the xDS CA and serving certificate the controller manages")
+	xdsService := fs.String("xds-service", "keyshift-controller", "the xDS Service; the serving certificate names SERVICE.NAMESPACE.svc")
+	xdsCAConfigMap := fs.String("xds-ca-configmap", kube.DefaultCAConfigMap, "ConfigMap the controller writes its CA bundle into, in every namespace with keysets (the injector mounts it into sidecars)")
 	auditPath := fs.String("audit-log", "/var/lib/keyshift/audit.jsonl", "append-only audit trail (JSON lines, hash-chained)")
 	interval := fs.Duration("interval", 30*time.Second, "reconcile every keyset this often")
 	minPending := fs.Duration("min-pending-age", 90*time.Second, "least time a pending version waits before promotion, for pods that only mount the Secret (0 when every sidecar uses xDS)")
@@ -55,6 +62,8 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	leaderElect := fs.Bool("leader-elect", true, "with Secrets: hold a Lease so only one replica acts")
 	leaseNS := fs.String("lease-namespace", envOr("POD_NAMESPACE", "keyshift-system"), "namespace of the leader-election Lease")
 	identity := fs.String("identity", envOr("POD_NAME", hostname()), "this replica's name in the Lease and the audit trail")
+	var kmsPolicy rotation.KMSPolicy
+	fs.Func("allow-kms", "NAMESPACE=URI_PREFIX: keysets of NAMESPACE (* for all) may use KMS URIs starting so (repeatable; none: any KMS but local://)", kmsPolicy.ParseAllowKMS)
 	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -64,13 +73,18 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg)}
+	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg),
+		KMSPolicy: &kmsPolicy}
 	var client kubernetes.Interface
 	if *dir != "" {
 		eng.Store = &rotation.FileStore{Dir: *dir}
 	} else {
 		if client, err = kubeClient(*kubeconfig); err != nil {
 			return err
+		}
+		kmsPolicy.Cluster = true
+		if len(kmsPolicy.Allow) == 0 {
+			log.Warn("no --allow-kms: keysets of every namespace may name any KMS key the controller's identity can use (local:// excepted)")
 		}
 		store := &kube.SecretStore{Client: client, Namespace: *namespace}
 		ev, stop := store.Events(log)
@@ -86,12 +100,51 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 
 	term := leadTerm{eng: eng, interval: *interval, log: log}
 	if *xdsAddr != "" {
+		var access *xds.Access
+		var opts []grpc.ServerOption
+		var readers *kube.PodReaders
+		if client != nil {
+			// Promotion waits for every pod that uses a keyset, not only
+			// for the sidecars connected at that moment; the same cache
+			// says which pods may read which keysets.
+			readers = kube.NewPodReaders(client, *namespace)
+			readers.Start(ctx)
+			eng.Readers = readers.Readers
+			term.pod = leaderPod(client, log)
+		}
+		switch *xdsAuth {
+		case "none":
+			if client != nil || !loopbackAddr(*xdsAddr) {
+				return errors.New("--xds-auth=none serves every keyset to whoever connects: it is only for --keyset-dir with a loopback --xds-addr such as 127.0.0.1:18000")
+			}
+			log.Warn("xDS without authentication, on loopback only", "addr", *xdsAddr)
+		case "token":
+			if client == nil {
+				return errors.New("--xds-auth=token checks sidecar tokens with the Kubernetes API; with --keyset-dir use --xds-auth=none on a loopback --xds-addr")
+			}
+			access = (&kube.XDSAccess{Client: client, Audience: *xdsAudience, Pods: readers}).Access()
+			store := eng.Store.(*kube.SecretStore)
+			cert, err := startXDSCert(ctx, client, envOr("POD_NAMESPACE", "keyshift-system"), *xdsTLSSecret, *xdsService, log,
+				func(ctx context.Context, bundle []byte) error {
+					nss, err := store.Namespaces(ctx)
+					if err != nil {
+						return err
+					}
+					return kube.PublishCA(ctx, client, *xdsCAConfigMap, nss, bundle)
+				})
+			if err != nil {
+				return err
+			}
+			opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: cert, MinVersion: tls.VersionTLS13})))
+		default:
+			return fmt.Errorf("--xds-auth %q: write token or none", *xdsAuth)
+		}
 		// Inactive until this replica leads: only the leader publishes and
 		// counts ACKs, so a follower refuses streams rather than hold
 		// sidecars on a snapshot that never changes (see leadTerm).
-		term.xds = xds.NewServer(ctx, log)
+		term.xds = xds.NewServer(ctx, log, access)
 		term.xds.SetActive(false)
-		g := grpc.NewServer()
+		g := grpc.NewServer(opts...)
 		term.xds.Register(g)
 		l, err := net.Listen("tcp", *xdsAddr)
 		if err != nil {
@@ -100,15 +153,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		go func() { _ = g.Serve(l) }()
 		defer g.Stop()
 		eng.Dist = term.xds
-		log.Info("serving keysets over xDS while leading", "addr", l.Addr().String())
-		if client != nil {
-			// Promotion waits for every pod that uses a keyset, not only
-			// for the sidecars connected at that moment.
-			readers := kube.NewPodReaders(client, *namespace)
-			readers.Start(ctx)
-			eng.Readers = readers.Readers
-			term.pod = leaderPod(client, log)
-		}
+		log.Info("serving keysets over xDS while leading", "addr", l.Addr().String(), "auth", *xdsAuth)
 	}
 	if *metrics != "" {
 		mux := http.NewServeMux()
@@ -189,6 +234,16 @@ func (t leadTerm) publishAll(ctx context.Context) bool {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// loopbackAddr reports whether a listen address is on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 func hostname() string {

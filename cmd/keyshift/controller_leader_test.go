@@ -70,7 +70,7 @@ func TestLeadTermServesOnlyWhileLeading(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := xds.NewServer(context.Background(), log)
+	x := xds.NewServer(context.Background(), log, nil)
 	x.SetActive(false)
 	g := grpc.NewServer()
 	x.Register(g)

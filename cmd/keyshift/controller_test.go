@@ -44,11 +44,11 @@ func TestControllerRotatesAndPushes(t *testing.T) {
 	ctlDone, sideDone := make(chan int), make(chan int)
 	var ctlLog, sideLog bytes.Buffer
 	go func() {
-		ctlDone <- run(ctx, []string{"controller", "--keyset-dir", ksDir, "--xds-addr", xdsAddr, "--audit-log", trail,
+		ctlDone <- run(ctx, []string{"controller", "--keyset-dir", ksDir, "--xds-addr", xdsAddr, "--xds-auth", "none", "--audit-log", trail,
 			"--interval", "100ms", "--min-pending-age", "0", "--metrics-addr", "", "--identity", "test"}, nil, &bytes.Buffer{}, &ctlLog)
 	}()
 	go func() {
-		sideDone <- run(ctx, []string{"sidecar", "--socket", sock, "--keyset", "orders", "--xds-addr", xdsAddr, "--node-id", "ns/pod",
+		sideDone <- run(ctx, []string{"sidecar", "--socket", sock, "--keyset", "orders", "--xds-addr", xdsAddr, "--xds-insecure", "--node-id", "ns/pod",
 			"--metrics-addr", ""}, nil, &bytes.Buffer{}, &sideLog)
 	}()
 	defer func() {

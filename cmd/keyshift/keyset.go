@@ -58,7 +58,7 @@ func (s secretDoc) create(ctx context.Context, ks *keyset.Keyset) error {
 
 func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|show (--file PATH | --secret NAMESPACE/NAME) [flags]")
+		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|migrate-kms|show (--file PATH | --secret NAMESPACE/NAME) [flags]")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -80,9 +80,11 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		version = fs.Uint("version", 0, "pending version to promote (default: the newest pending)")
 	case "retire":
 		version = fs.Uint("version", 0, "version to retire: decrypt-only/pending -> disabled, disabled -> destroyed (required)")
+	case "migrate-kms":
+		kmsURI = fs.String("to", "", "KMS URI of the new KEK; every version is re-wrapped under it (required)")
 	case "rotate", "show":
 	default:
-		fmt.Fprintf(stderr, "keyshift keyset: unknown subcommand %q (create, rotate, promote, retire, show)\n", sub)
+		fmt.Fprintf(stderr, "keyshift keyset: unknown subcommand %q (create, rotate, promote, retire, migrate-kms, show)\n", sub)
 		return errUsage
 	}
 	if err := parse(fs, args, stderr); err != nil {
@@ -159,6 +161,24 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if ks, err = ks.Promote(v, now); err != nil {
 			return err
 		}
+	case "migrate-kms":
+		if *kmsURI == "" {
+			fmt.Fprintln(stderr, "--to is required")
+			return errUsage
+		}
+		reg := providers.Registry(nil)
+		from, err := reg.Open(ctx, ks.KMS)
+		if err != nil {
+			return err
+		}
+		to, err := reg.Open(ctx, *kmsURI)
+		if err != nil {
+			return err
+		}
+		if ks, err = rotation.MigrateKMS(ctx, from, to, ks, *kmsURI); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "re-wrapped every version under %s (previousKms %s); sidecars verify each key before they accept it\n", ks.KMS, ks.PreviousKMS)
 	case "retire":
 		if *version == 0 {
 			fmt.Fprintln(stderr, "--version is required")

@@ -19,9 +19,35 @@ import (
 )
 
 // Distributor pushes documents to readers and reports what they loaded.
+// scope is the namespace that owns the keyset ("" outside a cluster): a
+// document is served only to readers of that namespace, and only they
+// count toward promotion.
 type Distributor interface {
-	Publish(ctx context.Context, ks *keyset.Keyset) error
-	Status(name string, version uint32) xds.AckStatus
+	Publish(ctx context.Context, scope string, ks *keyset.Keyset) error
+	Status(scope, name string, version uint32) xds.AckStatus
+}
+
+// Scoper is optional on a Store whose keysets belong to namespaces: Scope
+// returns the namespace of the keyset stored under key.
+type Scoper interface {
+	Scope(key string) string
+}
+
+// scope is the namespace of the keyset under key, "" for an unscoped store.
+func (e *Engine) scope(key string) string {
+	if s, ok := e.Store.(Scoper); ok {
+		return s.Scope(key)
+	}
+	return ""
+}
+
+// label names a keyset in logs, metrics, Events and the audit trail:
+// namespace/name when scoped (names are unique per namespace only).
+func (e *Engine) label(key string, ks *keyset.Keyset) string {
+	if sc := e.scope(key); sc != "" {
+		return sc + "/" + ks.Name
+	}
+	return ks.Name
 }
 
 // servingSince is optional on a Distributor that serves only at times (the
@@ -65,6 +91,9 @@ type Engine struct {
 	Readers func(ctx context.Context, key string) ([]string, error)
 	// Event reports a step to people (Kubernetes Events); may be nil.
 	Event func(keyset string, warning bool, reason, message string)
+	// KMSPolicy, when set, says which KMS URIs each namespace's keysets
+	// may name; a keyset naming another is neither rotated nor served.
+	KMSPolicy *KMSPolicy
 	// Status publishes each keyset's latest outcome where operators look
 	// (an annotation on the Secret); may be nil. It is called only when
 	// the outcome changes.
@@ -146,15 +175,18 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
+	if err := e.KMSPolicy.Check(e.scope(key), ks.KMS); err != nil {
+		return e.fail(key, ks, "kms-policy", nil, err)
+	}
 	if e.Dist != nil {
-		if err := e.Dist.Publish(ctx, ks); err != nil {
+		if err := e.Dist.Publish(ctx, e.scope(key), ks); err != nil {
 			return Outcome{}, err
 		}
 	}
-	e.Metrics.observe(ks, e.now())
+	e.Metrics.observe(e.label(key, ks), ks, e.now())
 	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
-		return e.fail(ks, "open-kms", nil, err)
+		return e.fail(key, ks, "open-kms", nil, err)
 	}
 	now := e.now()
 	policy := keyset.Policy{}
@@ -167,11 +199,11 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	if st, ok := w.(kms.KEKStatus); ok {
 		cur, err := st.PrimaryKEKVersion(ctx)
 		if err != nil {
-			return e.fail(ks, "kek-status", nil, err)
+			return e.fail(key, ks, "kek-status", nil, err)
 		}
 		next, done, err := Rewrap(ctx, w, ks, cur)
 		if err != nil {
-			return e.fail(ks, "rewrap", nil, err)
+			return e.fail(key, ks, "rewrap", nil, err)
 		}
 		if len(done) > 0 {
 			return e.commit(ctx, key, next, rev, "rewrap", done, "KEK version is now "+cur)
@@ -182,7 +214,7 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 			if v.State == keyset.StateDecryptOnly && now.Sub(v.StateChangedAt) >= time.Duration(policy.Retention) {
 				next, err := ks.Retire(v.Version, now)
 				if err != nil {
-					return e.fail(ks, "retire", []uint32{v.Version}, err)
+					return e.fail(key, ks, "retire", []uint32{v.Version}, err)
 				}
 				return e.commit(ctx, key, next, rev, "retire", []uint32{v.Version}, "decrypt-only for longer than the retention of "+time.Duration(policy.Retention).String())
 			}
@@ -207,20 +239,58 @@ func (e *Engine) Rotate(ctx context.Context, key, reason string) (Outcome, error
 	if err != nil {
 		return Outcome{}, err
 	}
+	if err := e.KMSPolicy.Check(e.scope(key), ks.KMS); err != nil {
+		return e.fail(key, ks, "kms-policy", nil, err)
+	}
 	if p := LatestPending(ks); p != 0 {
 		return Outcome{Action: "blocked", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d is already pending", p)}, nil
 	}
 	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
-		return e.fail(ks, "open-kms", nil, err)
+		return e.fail(key, ks, "open-kms", nil, err)
 	}
 	return e.addPending(ctx, key, w, ks, rev, reason)
+}
+
+// MigrateKMS moves the keyset under key to the KMS key at uri (every
+// wrapped key re-wrapped, previousKms recorded), as one audited step
+// "migrate-kms". A KEK migration is never implicit: sidecars refuse a
+// document under another KMS key that does not come from this step.
+func (e *Engine) MigrateKMS(ctx context.Context, key, uri, reason string) (Outcome, error) {
+	ks, rev, err := e.Store.Get(ctx, key)
+	if err != nil {
+		return Outcome{}, err
+	}
+	for _, u := range []string{ks.KMS, uri} {
+		if err := e.KMSPolicy.Check(e.scope(key), u); err != nil {
+			return e.fail(key, ks, "kms-policy", nil, err)
+		}
+	}
+	from, err := e.wrapper(ctx, ks.KMS)
+	if err != nil {
+		return e.fail(key, ks, "open-kms", nil, err)
+	}
+	to, err := e.wrapper(ctx, uri)
+	if err != nil {
+		return e.fail(key, ks, "open-kms", nil, err)
+	}
+	next, err := MigrateKMS(ctx, from, to, ks, uri)
+	if err != nil {
+		return e.fail(key, ks, "migrate-kms", nil, err)
+	}
+	var versions []uint32
+	for _, v := range next.Versions {
+		if len(v.WrappedKey) > 0 {
+			versions = append(versions, v.Version)
+		}
+	}
+	return e.commit(ctx, key, next, rev, "migrate-kms", versions, fmt.Sprintf("KMS key %s -> %s: %s", redactURI(ks.KMS), redactURI(uri), reason))
 }
 
 func (e *Engine) addPending(ctx context.Context, key string, w kms.Wrapper, ks *keyset.Keyset, rev, reason string) (Outcome, error) {
 	next, err := AddVersion(ctx, w, ks, e.now())
 	if err != nil {
-		return e.fail(ks, "generate", []uint32{ks.NextVersion()}, err)
+		return e.fail(key, ks, "generate", []uint32{ks.NextVersion()}, err)
 	}
 	return e.commit(ctx, key, next, rev, "add-pending", []uint32{next.Latest()}, reason)
 }
@@ -233,33 +303,33 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 		timeout = DefaultAckTimeout
 	}
 	if e.Dist != nil {
-		st := e.Dist.Status(ks.Name, p)
+		st := e.Dist.Status(e.scope(key), ks.Name, p)
 		if len(st.NACKs) > 0 {
-			e.Metrics.pending(ks.Name, readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, slices.Sorted(maps.Keys(st.NACKs)))})
+			e.Metrics.pending(e.label(key, ks), readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, slices.Sorted(maps.Keys(st.NACKs)))})
 			nodes := make([]string, 0, len(st.NACKs))
 			for n, r := range st.NACKs {
 				nodes = append(nodes, n+": "+r)
 			}
 			sort.Strings(nodes)
 			msg := fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; "))
-			return e.block(ks, p, "nack", msg, msg)
+			return e.block(key, ks, p, "nack", msg, msg)
 		}
 		var expected []string
 		if e.Readers != nil {
 			var err error
 			if expected, err = e.Readers(ctx, key); err != nil {
-				return e.fail(ks, "list-readers", []uint32{p}, err)
+				return e.fail(key, ks, "list-readers", []uint32{p}, err)
 			}
 		}
 		rc := countReaders(expected, st, e.fileTrusted(v.CreatedAt, now))
-		e.Metrics.pending(ks.Name, rc)
+		e.Metrics.pending(e.label(key, ks), rc)
 		noun := "sidecars"
 		if e.Readers != nil {
 			noun = "pods"
 		}
 		if len(rc.waiting) > 0 {
 			if age > timeout {
-				return e.block(ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, rc.waiting),
+				return e.block(key, ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, rc.waiting),
 					fmt.Sprintf("not promoting v%d: after %s, %d of %d %s have not loaded it (%s)",
 						p, age.Round(time.Second), len(rc.waiting), rc.total, noun, nodeList(rc.waiting)))
 			}
@@ -290,7 +360,7 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 func (e *Engine) promote(ctx context.Context, key string, ks *keyset.Keyset, rev string, p uint32, now time.Time, reason string) (Outcome, error) {
 	next, err := ks.Promote(p, now)
 	if err != nil {
-		return e.fail(ks, "promote", []uint32{p}, err)
+		return e.fail(key, ks, "promote", []uint32{p}, err)
 	}
 	return e.commit(ctx, key, next, rev, "promote", []uint32{p}, reason)
 }
@@ -390,39 +460,42 @@ func toSet(xs []string) map[string]bool {
 // commit stores next, publishes it and records the step.
 func (e *Engine) commit(ctx context.Context, key string, next *keyset.Keyset, rev, action string, versions []uint32, reason string) (Outcome, error) {
 	if _, err := e.Store.Put(ctx, key, next, rev); err != nil {
-		return e.fail(next, action, versions, err)
+		return e.fail(key, next, action, versions, err)
 	}
 	if e.Dist != nil {
-		if err := e.Dist.Publish(ctx, next); err != nil {
+		if err := e.Dist.Publish(ctx, e.scope(key), next); err != nil {
 			return Outcome{}, err
 		}
 	}
-	e.record(next.Name, action, versions, "ok", reason, false)
-	e.Metrics.step(next.Name, action)
-	e.Metrics.observe(next, e.now())
-	e.clearReported(next.Name)
+	label := e.label(key, next)
+	e.record(label, action, versions, "ok", reason, false)
+	e.Metrics.step(label, action)
+	e.Metrics.observe(label, next, e.now())
+	e.clearReported(label)
 	return Outcome{Action: action, Versions: versions, Reason: reason}, nil
 }
 
-func (e *Engine) fail(ks *keyset.Keyset, step string, versions []uint32, err error) (Outcome, error) {
-	e.record(ks.Name, step, versions, "failed", err.Error(), true)
-	e.Metrics.failure(ks.Name, step, kms.Reason(err))
+func (e *Engine) fail(key string, ks *keyset.Keyset, step string, versions []uint32, err error) (Outcome, error) {
+	label := e.label(key, ks)
+	e.record(label, step, versions, "failed", err.Error(), true)
+	e.Metrics.failure(label, step, kms.Reason(err))
 	return Outcome{Action: "blocked", Versions: versions, Reason: err.Error()}, err
 }
 
 // block reports a step that cannot go on: audited and evented once per
 // distinct situation (key), while the returned reason stays current.
-func (e *Engine) block(ks *keyset.Keyset, v uint32, step, key, reason string) (Outcome, error) {
+func (e *Engine) block(key string, ks *keyset.Keyset, v uint32, step, situation, reason string) (Outcome, error) {
+	label := e.label(key, ks)
 	e.mu.Lock()
 	if e.reported == nil {
 		e.reported = map[string]string{}
 	}
-	repeat := e.reported[ks.Name] == key
-	e.reported[ks.Name] = key
+	repeat := e.reported[label] == situation
+	e.reported[label] = situation
 	e.mu.Unlock()
 	if !repeat {
-		e.record(ks.Name, step, []uint32{v}, "blocked", reason, true)
-		e.Metrics.failure(ks.Name, step, step)
+		e.record(label, step, []uint32{v}, "blocked", reason, true)
+		e.Metrics.failure(label, step, step)
 	}
 	return Outcome{Action: "blocked", Versions: []uint32{v}, Reason: reason}, nil
 }
@@ -466,7 +539,10 @@ func (e *Engine) PublishAll(ctx context.Context) error {
 	for _, key := range keys {
 		ks, _, err := e.Store.Get(ctx, key)
 		if err == nil {
-			err = e.Dist.Publish(ctx, ks)
+			err = e.KMSPolicy.Check(e.scope(key), ks.KMS)
+		}
+		if err == nil {
+			err = e.Dist.Publish(ctx, e.scope(key), ks)
 		}
 		if err != nil {
 			e.Log.Warn("keyset not published before serving", "keyset", key, "err", err)

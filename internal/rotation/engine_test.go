@@ -27,12 +27,12 @@ type acks struct {
 	nodes     []string
 }
 
-func (a *acks) Publish(_ context.Context, ks *keyset.Keyset) error {
+func (a *acks) Publish(_ context.Context, _ string, ks *keyset.Keyset) error {
 	a.published[ks.Name] = ks.Clone()
 	return nil
 }
 
-func (a *acks) Status(_ string, v uint32) xds.AckStatus {
+func (a *acks) Status(_, _ string, v uint32) xds.AckStatus {
 	st := xds.AckStatus{Subscribers: a.nodes, NACKs: map[string]string{}}
 	for _, n := range a.nodes {
 		switch {

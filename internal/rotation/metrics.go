@@ -48,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observe(ks *keyset.Keyset, now time.Time) {
+func (m *Metrics) observe(label string, ks *keyset.Keyset, now time.Time) {
 	if m == nil {
 		return
 	}
@@ -57,18 +57,18 @@ func (m *Metrics) observe(ks *keyset.Keyset, now time.Time) {
 	if p.PromotedAt != nil {
 		since = *p.PromotedAt
 	}
-	m.keyAge.WithLabelValues(ks.Name).Set(now.Sub(since).Seconds())
+	m.keyAge.WithLabelValues(label).Set(now.Sub(since).Seconds())
 	counts := map[keyset.State]float64{keyset.StatePending: 0, keyset.StatePrimary: 0, keyset.StateDecryptOnly: 0, keyset.StateDisabled: 0, keyset.StateDestroyed: 0}
 	for _, v := range ks.Versions {
 		counts[v.State]++
 	}
 	for s, n := range counts {
-		m.versions.WithLabelValues(ks.Name, string(s)).Set(n)
+		m.versions.WithLabelValues(label, string(s)).Set(n)
 	}
 	if LatestPending(ks) == 0 {
-		m.pendAcks.WithLabelValues(ks.Name).Set(0)
-		m.readers.WithLabelValues(ks.Name).Set(0)
-		m.ready.WithLabelValues(ks.Name).Set(0)
+		m.pendAcks.WithLabelValues(label).Set(0)
+		m.readers.WithLabelValues(label).Set(0)
+		m.ready.WithLabelValues(label).Set(0)
 	}
 }
 

@@ -193,3 +193,42 @@ func LatestPending(ks *keyset.Keyset) uint32 {
 	}
 	return n
 }
+
+// MigrateKMS re-wraps every version that still has a wrapped key under the
+// KMS key to, unwrapping with from, and records the old URI in
+// previousKms: the one way a keyset changes KMS key. Sidecars accept the
+// result because every version unwraps under the new key to the key they
+// hold; a document that merely names another KMS is refused. Each
+// readable version is verified through its canary under the new key.
+func MigrateKMS(ctx context.Context, from, to kms.Wrapper, ks *keyset.Keyset, uri string) (*keyset.Keyset, error) {
+	if uri == ks.KMS {
+		return nil, fmt.Errorf("rotation: %s is already under %s", ks.Name, uri)
+	}
+	if p := LatestPending(ks); p != 0 {
+		return nil, fmt.Errorf("rotation: %s v%d is pending; promote or retire it before migrating the KMS key", ks.Name, p)
+	}
+	next := ks.Clone()
+	next.KMS, next.PreviousKMS = uri, ks.KMS
+	for i, v := range next.Versions {
+		if len(v.WrappedKey) == 0 {
+			continue // destroyed
+		}
+		aad := keyset.WrapAAD(ks.Name, v.Version)
+		dek, err := from.Unwrap(ctx, kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}, aad)
+		if err != nil {
+			return nil, fmt.Errorf("rotation: migrate %s v%d: unwrap under %s: %w", ks.Name, v.Version, ks.KMS, err)
+		}
+		wk, err := to.Wrap(ctx, dek, aad)
+		clear(dek)
+		if err != nil {
+			return nil, fmt.Errorf("rotation: migrate %s v%d: wrap under %s: %w", ks.Name, v.Version, uri, err)
+		}
+		next.Versions[i].WrappedKey, next.Versions[i].KEKVersion = wk.Ciphertext, wk.KEKVersion
+		if v.State.Readable() {
+			if err := verifyVersion(ctx, to, ks.Name, next.Versions[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return next, next.Validate()
+}

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -64,17 +65,36 @@ func (s *Server) ServingSince() time.Time {
 	return s.since
 }
 
-// admit registers a new stream, or refuses it when the Server is inactive.
-// Checking and registering under one lock means SetActive(false) never
-// misses a stream that was being admitted.
+// admit authenticates a new stream and registers it, or refuses it when
+// the Server is inactive or the stream has no valid credential. Checking
+// and registering under one lock means SetActive(false) never misses a
+// stream that was being admitted.
 func (s *Server) admit(st secretservice.SecretDiscoveryService_StreamSecretsServer) (*gatedStream, error) {
+	if !s.Active() {
+		return nil, errNotLeader // before any TokenReview
+	}
+	ctx := st.Context()
+	var ident Identity
+	if s.access != nil {
+		var err error
+		if ident, err = s.access.Authenticate(ctx); err != nil {
+			s.log.Warn("xDS stream refused: not authenticated", "err", err)
+			return nil, status.Errorf(codes.Unauthenticated, "xds: %v", err)
+		}
+		ctx = withIdentity(ctx, ident)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.active {
 		return nil, errNotLeader
 	}
-	ctx, cancel := context.WithCancel(st.Context())
-	gs := &gatedStream{SecretDiscoveryService_StreamSecretsServer: st, ctx: ctx}
+	var cancel context.CancelFunc
+	if ident.Expires.IsZero() {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithDeadline(ctx, ident.Expires)
+	}
+	gs := &gatedStream{SecretDiscoveryService_StreamSecretsServer: st, ctx: ctx, ident: ident}
 	s.closers[gs] = cancel
 	return gs, nil
 }
@@ -105,18 +125,21 @@ func (g gate) StreamSecrets(st secretservice.SecretDiscoveryService_StreamSecret
 	}
 	defer g.s.release(gs)
 	err = g.SecretDiscoveryServiceServer.StreamSecrets(gs)
-	if gs.ctx.Err() != nil && st.Context().Err() == nil {
+	switch {
+	case st.Context().Err() != nil:
+		return err
+	case errors.Is(gs.ctx.Err(), context.DeadlineExceeded):
+		return expiredErr(gs.ident)
+	case gs.ctx.Err() != nil:
 		return errSteppedDown
 	}
 	return err
 }
 
-// FetchSecrets answers a one-off fetch while the Server is active.
-func (g gate) FetchSecrets(ctx context.Context, req *discovery.DiscoveryRequest) (*discovery.DiscoveryResponse, error) {
-	if !g.s.Active() {
-		return nil, errNotLeader
-	}
-	return g.SecretDiscoveryServiceServer.FetchSecrets(ctx, req)
+// FetchSecrets is not served: a one-off fetch has no stream to scope,
+// authorise and count, and sidecars stream.
+func (g gate) FetchSecrets(context.Context, *discovery.DiscoveryRequest) (*discovery.DiscoveryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "xds: FetchSecrets is not served; use StreamSecrets")
 }
 
 // gatedStream is a stream the Server can end on its own. go-control-plane
@@ -124,7 +147,8 @@ func (g gate) FetchSecrets(ctx context.Context, req *discovery.DiscoveryRequest)
 // here also fails once ctx, cancelled by SetActive(false), is done.
 type gatedStream struct {
 	secretservice.SecretDiscoveryService_StreamSecretsServer
-	ctx context.Context
+	ctx   context.Context
+	ident Identity
 }
 
 // Context is the stream's context, cancelled on step-down too.

@@ -59,7 +59,7 @@ func keysets(t *testing.T) (v1, v2 *keyset.Keyset) {
 
 func publish(t *testing.T, r *replica, ks *keyset.Keyset) {
 	t.Helper()
-	if err := r.x.Publish(context.Background(), ks); err != nil {
+	if err := r.x.Publish(context.Background(), "", ks); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -121,8 +121,12 @@ func TestXDSFollowerRefusesStreams(t *testing.T) {
 	defer conn.Close()
 	_, err = secretservice.NewSecretDiscoveryServiceClient(conn).FetchSecrets(context.Background(),
 		&discovery.DiscoveryRequest{Node: nodeProto("ns/pod-a"), TypeUrl: xdsclient.SecretType, ResourceNames: []string{xds.ResourceName("payments")}})
-	wantUnavailable(t, err, "not the leader")
-	if st := f.x.Status("payments", 1); len(st.Subscribers) != 0 {
+	// One-off fetches are not served at all: they have no stream to
+	// scope, authorise and count.
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("FetchSecrets: %v, want Unimplemented", err)
+	}
+	if st := f.x.Status("", "payments", 1); len(st.Subscribers) != 0 {
 		t.Fatalf("a follower counts subscribers %v", st.Subscribers)
 	}
 }
@@ -143,12 +147,12 @@ func TestXDSStepDownClosesStreams(t *testing.T) {
 		ResourceNames: []string{xds.ResourceName("payments")}, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return slices.Equal(l.x.Status("payments", 1).Acked, []string{"ns/pod-a"}) }, "the leader counts the ACK")
+	waitFor(t, func() bool { return slices.Equal(l.x.Status("", "payments", 1).Acked, []string{"ns/pod-a"}) }, "the leader counts the ACK")
 
 	l.x.SetActive(false)
 	_, err = st.Recv()
 	wantUnavailable(t, err, "stopped leading")
-	waitFor(t, func() bool { return len(l.x.Status("payments", 1).Subscribers) == 0 }, "the closed stream is forgotten")
+	waitFor(t, func() bool { return len(l.x.Status("", "payments", 1).Subscribers) == 0 }, "the closed stream is forgotten")
 	_, err = subscribe(t, l.addr, "ns/pod-a").Recv()
 	wantUnavailable(t, err, "not the leader")
 
@@ -172,7 +176,7 @@ func TestXDSClientLandsOnLeader(t *testing.T) {
 	var mu sync.Mutex
 	var applied []uint32
 	c := &xdsclient.Client{
-		Addr: bal.Addr, NodeID: "ns/pod-a", Keysets: []string{"payments"}, Log: slog.New(slog.DiscardHandler),
+		Addr: bal.Addr, Insecure: true, NodeID: "ns/pod-a", Keysets: []string{"payments"}, Log: slog.New(slog.DiscardHandler),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		Apply: func(_ context.Context, _ string, doc []byte) error {
 			ks, err := keyset.Parse(doc)
@@ -190,7 +194,7 @@ func TestXDSClientLandsOnLeader(t *testing.T) {
 	go func() { done <- c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	waitFor(t, func() bool { return slices.Equal(a.x.Status("payments", 1).Acked, []string{"ns/pod-a"}) }, "the leader counts the sidecar's ACK")
+	waitFor(t, func() bool { return slices.Equal(a.x.Status("", "payments", 1).Acked, []string{"ns/pod-a"}) }, "the leader counts the sidecar's ACK")
 	if d := bal.Dials(); len(d) < 2 || d[0] != b.addr || d[len(d)-1] != a.addr {
 		t.Fatalf("connections went to %v; want the follower first, then the leader (%s) on a new connection", d, a.addr)
 	}
@@ -199,7 +203,7 @@ func TestXDSClientLandsOnLeader(t *testing.T) {
 	publish(t, b, v2)
 	b.x.SetActive(true)
 	a.x.SetActive(false)
-	waitFor(t, func() bool { return slices.Equal(b.x.Status("payments", 2).Acked, []string{"ns/pod-a"}) }, "the new leader counts the sidecar's ACK of v2")
+	waitFor(t, func() bool { return slices.Equal(b.x.Status("", "payments", 2).Acked, []string{"ns/pod-a"}) }, "the new leader counts the sidecar's ACK of v2")
 	mu.Lock()
 	defer mu.Unlock()
 	if applied[len(applied)-1] != 2 {

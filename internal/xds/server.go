@@ -7,6 +7,12 @@
 // Resource names are "keyshift/<keyset>"; the secret's inline bytes are the
 // keyset JSON (wrapped keys only).
 //
+// With Access, every stream authenticates (a pod's projected ServiceAccount
+// token, checked by TokenReview) and is scoped to its pod's namespace: its
+// node ID must be the pod's own, it is served from its namespace's snapshot
+// alone, and it may name only keysets the pod is allowed to read. Only such
+// subscribers count toward promotion.
+//
 // Only an active Server serves. A leader-elected controller runs one per
 // replica but keeps it inactive except while it leads: ACKs are counted
 // where the rotation runs, and no sidecar waits on a replica that never
@@ -31,6 +37,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
@@ -39,20 +47,15 @@ import (
 // ResourceName is the xDS resource name of keyset name.
 func ResourceName(name string) string { return xdsclient.ResourceName(name) }
 
-// oneGroup puts every node in one snapshot group: all sidecars see the same
-// keysets and pick the ones they need by resource name.
-type oneGroup struct{}
-
-func (oneGroup) ID(*core.Node) string { return "keyshift" }
-
 // Server serves keysets to sidecars and tracks what each has acknowledged.
 type Server struct {
-	cache cachev3.SnapshotCache
-	xds   serverv3.Server
-	log   *slog.Logger
+	cache  cachev3.SnapshotCache
+	xds    serverv3.Server
+	log    *slog.Logger
+	access *Access // nil: open
 
 	mu      sync.Mutex
-	docs    map[string]*keyset.Keyset
+	docs    map[string]map[string]*keyset.Keyset // scope -> name -> document
 	version int
 	streams map[int64]*stream
 	changed chan struct{}
@@ -64,6 +67,8 @@ type Server struct {
 
 // stream is one sidecar's SDS stream.
 type stream struct {
+	ident  Identity // zero on an open server
+	scope  string   // the namespace it is served from ("" when open)
 	node   string
 	names  map[string]bool
 	sent   map[string]map[string]uint32 // nonce -> keyset -> latest version in it
@@ -78,11 +83,13 @@ type nack struct {
 
 // NewServer returns an active Server with an empty snapshot. A controller
 // under leader election calls SetActive(false) before it serves gRPC.
-func NewServer(ctx context.Context, log *slog.Logger) *Server {
+// access nil makes an open server: only for loopback or a Unix socket.
+func NewServer(ctx context.Context, log *slog.Logger, access *Access) *Server {
 	s := &Server{
-		cache:   cachev3.NewSnapshotCache(false, oneGroup{}, nil),
+		cache:   cachev3.NewSnapshotCache(false, scopeHash{open: access == nil}, nil),
 		log:     log,
-		docs:    map[string]*keyset.Keyset{},
+		access:  access,
+		docs:    map[string]map[string]*keyset.Keyset{},
 		streams: map[int64]*stream{},
 		changed: make(chan struct{}),
 		active:  true,
@@ -98,18 +105,27 @@ func (s *Server) Register(g *grpc.Server) {
 	secretservice.RegisterSecretDiscoveryServiceServer(g, gate{s.xds, s})
 }
 
-// Publish makes ks the document served for its name. Publishing the same
-// document again is a no-op.
-func (s *Server) Publish(ctx context.Context, ks *keyset.Keyset) error {
+// Publish makes ks the document served for its name in scope, the
+// namespace that owns it ("" for an open server, which has one scope).
+// Publishing the same document again is a no-op.
+func (s *Server) Publish(ctx context.Context, scope string, ks *keyset.Keyset) error {
+	if s.access == nil {
+		scope = ""
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.docs[ks.Name]; ok && sameDoc(old, ks) {
+	docs := s.docs[scope]
+	if docs == nil {
+		docs = map[string]*keyset.Keyset{}
+		s.docs[scope] = docs
+	}
+	if old, ok := docs[ks.Name]; ok && sameDoc(old, ks) {
 		return nil
 	}
-	s.docs[ks.Name] = ks.Clone()
+	docs[ks.Name] = ks.Clone()
 	s.version++
 	var res []types.Resource
-	for name, doc := range s.docs {
+	for name, doc := range docs {
 		b, err := doc.Marshal()
 		if err != nil {
 			return fmt.Errorf("xds: publish %s: %w", name, err)
@@ -125,10 +141,10 @@ func (s *Server) Publish(ctx context.Context, ks *keyset.Keyset) error {
 	if err != nil {
 		return fmt.Errorf("xds: snapshot: %w", err)
 	}
-	if err := s.cache.SetSnapshot(ctx, "keyshift", snap); err != nil {
+	if err := s.cache.SetSnapshot(ctx, scope, snap); err != nil {
 		return fmt.Errorf("xds: set snapshot: %w", err)
 	}
-	s.log.Info("keyset published over xDS", "keyset", ks.Name, "latest", ks.Latest(), "primary", ks.Primary().Version, "snapshot", s.version)
+	s.log.Info("keyset published over xDS", "namespace", scope, "keyset", ks.Name, "latest", ks.Latest(), "primary", ks.Primary().Version, "snapshot", s.version)
 	return nil
 }
 
@@ -156,13 +172,18 @@ type AckStatus struct {
 // so the rotation engine also checks its expected readers.
 func (a AckStatus) AllAcked() bool { return len(a.Waiting) == 0 && len(a.NACKs) == 0 }
 
-// Status reports which subscribers of keyset name hold version or later.
-func (s *Server) Status(name string, version uint32) AckStatus {
+// Status reports which subscribers of keyset name in scope hold version
+// or later. On a server with Access every subscriber is an authenticated
+// pod of that namespace allowed to read the keyset.
+func (s *Server) Status(scope, name string, version uint32) AckStatus {
+	if s.access == nil {
+		scope = ""
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := AckStatus{NACKs: map[string]string{}}
 	for _, str := range s.streams {
-		if !str.names[ResourceName(name)] {
+		if str.scope != scope || str.node == "" || !str.names[ResourceName(name)] {
 			continue
 		}
 		st.Subscribers = append(st.Subscribers, str.node)
@@ -195,13 +216,21 @@ func (s *Server) notify() {
 }
 
 // OnStreamOpen implements the go-control-plane callbacks.
-func (s *Server) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
+func (s *Server) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
 	if typeURL != resource.SecretType && typeURL != "" {
 		return fmt.Errorf("xds: only %s is served", resource.SecretType)
 	}
+	str := &stream{names: map[string]bool{}, sent: map[string]map[string]uint32{}, acked: map[string]uint32{}, nacked: map[string]nack{}}
+	if s.access != nil {
+		ident, ok := identityFrom(ctx)
+		if !ok {
+			return status.Error(codes.Unauthenticated, "xds: stream without an authenticated identity")
+		}
+		str.ident, str.scope = ident, ident.Namespace
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.streams[id] = &stream{names: map[string]bool{}, sent: map[string]map[string]uint32{}, acked: map[string]uint32{}, nacked: map[string]nack{}}
+	s.streams[id] = str
 	return nil
 }
 
@@ -223,12 +252,18 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	if !ok {
 		return nil
 	}
+	node := str.node
 	if n := req.GetNode().GetId(); n != "" {
-		str.node = n
+		node = n
 	}
-	if str.node == "" {
-		return fmt.Errorf("xds: request without node id")
+	if node == "" {
+		return status.Error(codes.InvalidArgument, "xds: request without node id")
 	}
+	if err := s.authorize(str, node, req.GetResourceNames()); err != nil {
+		s.log.Warn("xDS request refused", "node", clip(node), "identity", str.ident.NodeID(), "err", err)
+		return err
+	}
+	str.node = node
 	str.names = map[string]bool{}
 	for _, n := range req.GetResourceNames() {
 		str.names[n] = true
@@ -237,8 +272,9 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		sent := str.sent[nonce]
 		for name, v := range sent {
 			if d := req.GetErrorDetail(); d != nil {
-				str.nacked[name] = nack{version: v, reason: d.GetMessage()}
-				s.log.Warn("sidecar refused keyset", "node", str.node, "keyset", name, "version", v, "reason", d.GetMessage())
+				reason := clip(d.GetMessage())
+				str.nacked[name] = nack{version: v, reason: reason}
+				s.log.Warn("sidecar refused keyset", "node", str.node, "keyset", name, "version", v, "reason", reason)
 			} else if v > str.acked[name] {
 				str.acked[name] = v
 				delete(str.nacked, name)

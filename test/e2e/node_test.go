@@ -347,6 +347,7 @@ func TestNode(t *testing.T) {
 		name string
 		run  func(context.Context)
 	}{
+		{"xDS refuses strangers", n.xdsRefusesStrangers},
 		{"rotation under traffic", n.rotationUnderTraffic},
 		{"leader deleted mid-rotation", n.leaderDeletedMidRotation},
 		{"sidecar killed", n.sidecarKilled},

@@ -60,6 +60,10 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow, or NAME for xDS only (repeat for several)")
 	xdsAddr := fs.String("xds-addr", "", "the controller's xDS address (host:port); keysets are then also pushed by the controller")
 	nodeID := fs.String("node-id", nodeIDFromEnv(), "this sidecar's name to the controller (default $POD_NAMESPACE/$POD_NAME)")
+	xdsCA := fs.String("xds-ca-file", "", "PEM bundle the controller's xDS certificate must chain to (the keyshift-xds-ca ConfigMap the injector mounts)")
+	xdsServer := fs.String("xds-server-name", "", "DNS name the controller's xDS certificate must carry, e.g. keyshift-controller.keyshift-system.svc")
+	xdsToken := fs.String("xds-token-file", "", "the pod's projected ServiceAccount token for the controller (audience keyshift.io/xds)")
+	xdsInsecure := fs.Bool("xds-insecure", false, "no TLS and no token: only for a controller on loopback or a Unix socket")
 	socket := fs.String("socket", clikit.EnvOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
 	mode := fs.String("socket-mode", "0660", "socket file mode (octal)")
 	uids := fs.String("allowed-uids", "self", "peer UIDs allowed to call: self, any, or a list like 1000,1001")
@@ -70,13 +74,16 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	authzAddr := fs.String("ext-authz-addr", "", "loopback host:port to serve Envoy ext_authz on, e.g. 127.0.0.1:9191 (empty disables)")
 	authzSocket := fs.String("ext-authz-socket", "", "Unix socket to serve Envoy ext_authz on, e.g. /var/run/keyshift/extauthz.sock (empty disables)")
 	authzPolicy := fs.String("ext-authz-policy", "", "ext_authz policy file, YAML or JSON (required when ext_authz is on; see examples/extauthz-policy.yaml)")
-	authzUIDs := fs.String("ext-authz-allowed-uids", "any", "peer UIDs allowed to call ext_authz: any, self, or a list like 1337 (Istio's proxy) or 101 (Envoy's image)")
+	authzUIDs := fs.String("ext-authz-allowed-uids", "", "peer UIDs allowed to call ext_authz (required with ext_authz): a list like 1337 (Istio's proxy) or 101 (Envoy's image), self, or any")
 	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
 	if err := clikit.Parse(fs, args, stderr); err != nil {
 		return err
 	}
 	log, err := logger(stderr)
 	if err != nil {
+		return err
+	}
+	if err := harden(); err != nil {
 		return err
 	}
 	m, err := strconv.ParseUint(*mode, 8, 32)
@@ -96,6 +103,11 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
+		if *authzUIDs == "" {
+			// No default: "any" would let every process that can reach the
+			// port ask for decisions, and a guess would lock out the proxy.
+			return fmt.Errorf("--ext-authz-allowed-uids is required with ext_authz: name the proxy's UID (1337 for Istio, 101 for Envoy's image), or self, or any")
+		}
 		u, err := ParseUIDs(*authzUIDs)
 		if err != nil {
 			return fmt.Errorf("--ext-authz-allowed-uids: %w", err)
@@ -107,6 +119,7 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 		Socket:   *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
 		MetricsAddr: *metrics, KMS: providers.Registry(log), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
 		XDSAddr: *xdsAddr, NodeID: *nodeID, KMSPoll: *kmsPoll,
+		XDSCAFile: *xdsCA, XDSServerName: *xdsServer, XDSTokenFile: *xdsToken, XDSInsecure: *xdsInsecure,
 	})
 }
 

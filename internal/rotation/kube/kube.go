@@ -49,12 +49,24 @@ type SecretStore struct {
 	// Namespace limits the store to one namespace; "" watches all.
 	Namespace string
 
-	mu    sync.Mutex
-	refs  map[string]*corev1.ObjectReference // keyset name -> Secret, for events
-	names map[string]string                  // keyset name -> key, to refuse duplicates
+	mu     sync.Mutex
+	refs   map[string]*corev1.ObjectReference // namespace/keyset -> Secret, for events
+	owners map[string]string                  // namespace/keyset -> key of the Secret that holds it
+	warned map[string]bool                    // duplicates already reported, by Secret UID and resourceVersion
+	rec    record.EventRecorder               // set by Events
 }
 
-var _ rotation.Store = (*SecretStore)(nil)
+var (
+	_ rotation.Store  = (*SecretStore)(nil)
+	_ rotation.Scoper = (*SecretStore)(nil)
+)
+
+// Scope is the namespace of the Secret under key: keysets belong to it,
+// are served only to its pods, and their names are unique only within it.
+func (s *SecretStore) Scope(key string) string {
+	ns, _, _ := strings.Cut(key, "/")
+	return ns
+}
 
 func splitKey(key string) (string, string, error) {
 	ns, name, ok := strings.Cut(key, "/")
@@ -64,18 +76,69 @@ func splitKey(key string) (string, string, error) {
 	return ns, name, nil
 }
 
-// List returns namespace/name of every labelled Secret.
+// List returns namespace/name of every labelled Secret, leaving out
+// duplicates: when two Secrets of one namespace hold the same keyset name,
+// the older Secret (then the smaller name) holds it, whichever replica
+// leads and in whatever order it reads them; the other is refused with a
+// Warning Event on it until it is renamed or deleted.
 func (s *SecretStore) List(ctx context.Context) ([]string, error) {
 	l, err := s.Client.CoreV1().Secrets(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("kube: list keyset Secrets: %w", err)
 	}
+	secrets := l.Items
+	sort.Slice(secrets, func(i, j int) bool {
+		a, b := &secrets[i], &secrets[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	owners := map[string]string{}
 	var keys []string
-	for _, sec := range l.Items {
-		keys = append(keys, sec.Namespace+"/"+sec.Name)
+	for i := range secrets {
+		sec := &secrets[i]
+		key := sec.Namespace + "/" + sec.Name
+		ks, err := keyset.Parse(sec.Data[DataKey])
+		if err != nil {
+			keys = append(keys, key) // Get reports why, as a failed step
+			continue
+		}
+		label := sec.Namespace + "/" + ks.Name
+		if owner, ok := owners[label]; ok {
+			s.refuseDuplicate(sec, ks.Name, owner)
+			continue
+		}
+		owners[label] = key
+		keys = append(keys, key)
 	}
+	s.mu.Lock()
+	s.owners = owners
+	s.mu.Unlock()
 	sort.Strings(keys)
 	return keys, nil
+}
+
+// refuseDuplicate reports, once per change of the Secret, that it is not
+// managed because an older Secret holds the same keyset.
+func (s *SecretStore) refuseDuplicate(sec *corev1.Secret, name, owner string) {
+	id := string(sec.UID) + "@" + sec.ResourceVersion
+	s.mu.Lock()
+	if s.warned == nil {
+		s.warned = map[string]bool{}
+	}
+	seen := s.warned[id]
+	s.warned[id] = true
+	rec := s.rec
+	s.mu.Unlock()
+	if seen || rec == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Secret", APIVersion: "v1", Namespace: sec.Namespace, Name: sec.Name, UID: sec.UID, ResourceVersion: sec.ResourceVersion}
+	rec.Event(ref, corev1.EventTypeWarning, "DuplicateKeyset", fmt.Sprintf("keyset %q is already held by the older Secret %s; this Secret is not managed or served until it is renamed or deleted", name, owner))
 }
 
 // Get reads one keyset Secret.
@@ -92,16 +155,16 @@ func (s *SecretStore) Get(ctx context.Context, key string) (*keyset.Keyset, stri
 	if err != nil {
 		return nil, "", fmt.Errorf("kube: Secret %s: %w", key, err)
 	}
+	label := ns + "/" + ks.Name
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refs == nil {
-		s.refs, s.names = map[string]*corev1.ObjectReference{}, map[string]string{}
+		s.refs = map[string]*corev1.ObjectReference{}
 	}
-	if other, ok := s.names[ks.Name]; ok && other != key {
-		return nil, "", fmt.Errorf("kube: Secrets %s and %s both hold keyset %q; keyset names must be unique in the cluster (they are written into every ciphertext)", other, key, ks.Name)
+	if owner, ok := s.owners[label]; ok && owner != key {
+		return nil, "", fmt.Errorf("kube: Secret %s holds keyset %q, already held by the older Secret %s; keyset names must be unique in a namespace: rename or delete one", key, ks.Name, owner)
 	}
-	s.names[ks.Name] = key
-	s.refs[ks.Name] = &corev1.ObjectReference{Kind: "Secret", APIVersion: "v1", Namespace: ns, Name: name, UID: sec.UID, ResourceVersion: sec.ResourceVersion}
+	s.refs[label] = &corev1.ObjectReference{Kind: "Secret", APIVersion: "v1", Namespace: ns, Name: name, UID: sec.UID, ResourceVersion: sec.ResourceVersion}
 	return ks, sec.ResourceVersion, nil
 }
 
@@ -190,6 +253,9 @@ func (s *SecretStore) Events(log *slog.Logger) (func(keyset string, warning bool
 	b := record.NewBroadcaster()
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.Client.CoreV1().Events("")})
 	rec := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "keyshift-controller"})
+	s.mu.Lock()
+	s.rec = rec
+	s.mu.Unlock()
 	return func(name string, warning bool, reason, message string) {
 		s.mu.Lock()
 		ref := s.refs[name]

@@ -60,16 +60,8 @@ func (p *PodReaders) Readers(ctx context.Context, key string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	if !p.synced() {
-		d := p.SyncTimeout
-		if d <= 0 {
-			d = 30 * time.Second
-		}
-		wctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		if !cache.WaitForCacheSync(wctx.Done(), p.synced) {
-			return nil, ErrPodsNotSynced
-		}
+	if err := p.waitSynced(ctx); err != nil {
+		return nil, err
 	}
 	pods, err := p.lister.Pods(ns).List(labels.Everything())
 	if err != nil {
@@ -83,6 +75,23 @@ func (p *PodReaders) Readers(ctx context.Context, key string) ([]string, error) 
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// waitSynced waits up to SyncTimeout for the first load of the cache.
+func (p *PodReaders) waitSynced(ctx context.Context) error {
+	if p.synced() {
+		return nil
+	}
+	d := p.SyncTimeout
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	if !cache.WaitForCacheSync(wctx.Done(), p.synced) {
+		return ErrPodsNotSynced
+	}
+	return nil
 }
 
 // readsSecret reports whether pod is a live, injected reader of secret.

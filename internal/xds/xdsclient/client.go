@@ -5,12 +5,17 @@
 package xdsclient
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -22,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -48,10 +54,21 @@ type Client struct {
 	Keysets []string
 	// Apply loads one keyset document; an error NACKs it.
 	Apply func(ctx context.Context, name string, doc []byte) error
-	// Log receives connection events; never documents.
+	// Log receives connection events; never documents or tokens.
 	Log *slog.Logger
-	// DialOptions replace the default (insecure, for a loopback or mesh-
-	// protected controller address).
+	// CAFile is the PEM bundle the controller's certificate must chain
+	// to, and ServerName the DNS name it must carry. The file is reread
+	// at every dial, so a mounted ConfigMap follows the controller's CA
+	// renewal.
+	CAFile, ServerName string
+	// TokenFile holds the pod's projected ServiceAccount token (audience
+	// keyshift). It is reread for every stream, as the kubelet renews it,
+	// and sent as a bearer token over TLS only.
+	TokenFile string
+	// Insecure dials without TLS and token, for a controller on loopback
+	// or a Unix socket (keyshift demo); it is refused for other addresses.
+	Insecure bool
+	// DialOptions are added to the dial (tests).
 	DialOptions []grpc.DialOption
 	// MinBackoff and MaxBackoff bound reconnect delays (250ms and 30s when zero).
 	MinBackoff, MaxBackoff time.Duration
@@ -61,6 +78,9 @@ type Client struct {
 func (c *Client) Run(ctx context.Context) error {
 	if c.NodeID == "" || len(c.Keysets) == 0 || c.Apply == nil {
 		return errors.New("xds: client needs a node id, keysets and an apply function")
+	}
+	if err := c.CheckSecurity(); err != nil {
+		return err
 	}
 	minB, maxB := c.MinBackoff, c.MaxBackoff
 	if minB <= 0 {
@@ -75,11 +95,8 @@ func (c *Client) Run(ctx context.Context) error {
 		Backoff:           backoff.Config{BaseDelay: minB, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxB},
 		MinConnectTimeout: 10 * time.Second,
 	})}
-	if c.DialOptions == nil {
-		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	}
 	opts = append(opts, c.DialOptions...)
-	probe, err := grpc.NewClient(c.Addr, opts...) // a bad address never gets better
+	probe, err := grpc.NewClient(c.Addr, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...) // a bad address never gets better
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
@@ -110,9 +127,14 @@ func (c *Client) Run(ctx context.Context) error {
 	return nil
 }
 
-// attempt runs one session on a connection of its own.
+// attempt runs one session on a connection of its own, with the CA bundle
+// and token as they are now on disk.
 func (c *Client) attempt(ctx context.Context, opts []grpc.DialOption) error {
-	conn, err := grpc.NewClient(c.Addr, opts...)
+	sec, err := c.credentials()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.Addr, append(opts, sec...)...)
 	if err != nil {
 		return err
 	}
@@ -166,6 +188,77 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 		}
 	}
 }
+
+// CheckSecurity refuses a configuration that would send keysets in the
+// clear or unauthenticated over a network.
+func (c *Client) CheckSecurity() error {
+	if c.Insecure {
+		if !loopback(c.Addr) {
+			return fmt.Errorf("xds: refusing an insecure connection to %s: only loopback and unix:// addresses may go without TLS and a token", c.Addr)
+		}
+		return nil
+	}
+	if c.CAFile == "" || c.ServerName == "" || c.TokenFile == "" {
+		return errors.New("xds: set the controller's CA bundle, its server name and the pod's token file (or insecure, on loopback only)")
+	}
+	return nil
+}
+
+// loopback reports whether addr stays on this host.
+func loopback(addr string) bool {
+	if strings.HasPrefix(addr, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(addr, "dns:///"))
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// credentials are the dial options of one attempt: TLS verifying the
+// controller against the CA bundle, and the pod's token on each stream.
+func (c *Client) credentials() ([]grpc.DialOption, error) {
+	if c.Insecure {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+	}
+	pem, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("xds: controller CA bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("xds: controller CA bundle %s holds no PEM certificate", c.CAFile)
+	}
+	tok, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("xds: pod token: %w", err)
+	}
+	tok = bytes.TrimSpace(tok)
+	if len(tok) == 0 {
+		return nil, fmt.Errorf("xds: pod token file %s is empty", c.TokenFile)
+	}
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: c.ServerName, MinVersion: tls.VersionTLS13})),
+		grpc.WithPerRPCCredentials(bearer(tok)),
+	}, nil
+}
+
+// bearer sends the pod's token as gRPC metadata, over TLS only.
+type bearer []byte
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// String keeps the token out of any print.
+func (bearer) String() string { return "REDACTED" }
 
 // streamErr returns why a stream ended when Send failed: gRPC reports a
 // stream the server ended (such as a follower's "not the leader") as

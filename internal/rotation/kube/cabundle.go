@@ -1,0 +1,81 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// DefaultCAConfigMap is the ConfigMap, in every namespace that holds
+// keysets, with the CA bundle sidecars verify the controller's xDS
+// certificate against (the injector mounts it into each sidecar). The
+// bundle is public; a ConfigMap per namespace is what pods can mount, and
+// the kubelet brings a renewed bundle into running pods (the pattern of
+// Istio's istio-ca-root-cert).
+const (
+	DefaultCAConfigMap = "keyshift-xds-ca"
+	CABundleKey        = "ca.crt"
+)
+
+// PublishCA writes bundle into ConfigMap name in each of namespaces,
+// creating or updating it only where it differs, and leaves every other
+// ConfigMap alone. Errors of single namespaces are joined; the others are
+// still written.
+func PublishCA(ctx context.Context, c kubernetes.Interface, name string, namespaces []string, bundle []byte) error {
+	var errs []error
+	for _, ns := range namespaces {
+		cms := c.CoreV1().ConfigMaps(ns)
+		cm, err := cms.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = cms.Create(ctx, &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{
+					"app.kubernetes.io/managed-by": "keyshift-controller", "app.kubernetes.io/part-of": "keyshift",
+				}},
+				Data: map[string]string{CABundleKey: string(bundle)},
+			}, metav1.CreateOptions{FieldManager: "keyshift-controller"})
+			if apierrors.IsAlreadyExists(err) {
+				err = nil // another replica made it; the next pass checks it
+			}
+		case err != nil:
+		case cm.Labels["app.kubernetes.io/managed-by"] != "keyshift-controller":
+			err = fmt.Errorf("ConfigMap exists but is not keyshift's (no label app.kubernetes.io/managed-by=keyshift-controller); delete it")
+		case !bytes.Equal([]byte(cm.Data[CABundleKey]), bundle):
+			upd := cm.DeepCopy()
+			if upd.Data == nil {
+				upd.Data = map[string]string{}
+			}
+			upd.Data[CABundleKey] = string(bundle)
+			_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "keyshift-controller"})
+			if apierrors.IsConflict(err) {
+				err = nil
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("kube: CA bundle ConfigMap %s/%s: %w", ns, name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Namespaces returns the namespaces of the keyset Secrets the store
+// manages, sorted.
+func (s *SecretStore) Namespaces(ctx context.Context) ([]string, error) {
+	keys, err := s.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range keys {
+		out = append(out, s.Scope(k))
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}

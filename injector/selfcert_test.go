@@ -3,8 +3,6 @@ package injector
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -17,24 +15,31 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
+
+	"github.com/keyshift/keyshift/internal/selfcert/selfcerttest"
 )
+
+// These tests cover the injector's part of the self-managed certificate:
+// its flags and names, the webhook configuration's caBundle, its metrics,
+// the manifests and two real admission servers. The CA itself (renewal,
+// overlap, replicas racing, repairs) is tested in internal/selfcert.
 
 const testNS = "keyshift-system"
 
@@ -45,28 +50,6 @@ const day = 24 * time.Hour
 
 // ignoreManagedFields leaves out what the fake's field manager records.
 var ignoreManagedFields = cmpopts.IgnoreFields(metav1.ObjectMeta{}, "ManagedFields")
-
-// testClock is a clock the test moves.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock {
-	return &testClock{now: time.Now().Truncate(time.Second)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // readManifest decodes the YAML documents of manifests/injector/name.
 func readManifest(t *testing.T, name string) [][]byte {
@@ -99,43 +82,15 @@ func manifestWebhook(t *testing.T) *admissionregistrationv1.MutatingWebhookConfi
 // newFakeAPI is client-go's fake clientset holding the manifests' webhook
 // configuration, plus what its object tracker lacks and the injector relies
 // on: the API server's optimistic concurrency for Secrets. Every write
-// sets a new resourceVersion, and an Update at an older one is a Conflict.
+// newFakeAPI is client-go's fake clientset, with the API server's
+// optimistic concurrency for Secrets, holding the manifests' webhook
+// configuration and objs.
 func newFakeAPI(t *testing.T, objs ...runtime.Object) *fake.Clientset {
 	t.Helper()
-	cs := fake.NewClientset(append([]runtime.Object{manifestWebhook(t)}, objs...)...)
-	secrets := corev1.SchemeGroupVersion.WithResource("secrets")
-	rv := 100
-	// Reactors run under the fake's lock, one at a time.
-	cs.PrependReactor("create", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		sec := a.(k8stesting.CreateAction).GetObject().(*corev1.Secret).DeepCopy()
-		rv++
-		sec.ResourceVersion = strconv.Itoa(rv)
-		if err := cs.Tracker().Create(secrets, sec, sec.Namespace); err != nil {
-			return true, nil, err
-		}
-		return true, sec.DeepCopy(), nil
-	})
-	cs.PrependReactor("update", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		sec := a.(k8stesting.UpdateAction).GetObject().(*corev1.Secret).DeepCopy()
-		cur, err := cs.Tracker().Get(secrets, sec.Namespace, sec.Name)
-		if err != nil {
-			return true, nil, err
-		}
-		if got := cur.(*corev1.Secret).ResourceVersion; got != sec.ResourceVersion {
-			return true, nil, apierrors.NewConflict(secrets.GroupResource(), sec.Name,
-				errors.New("the object has been modified; please apply your changes to the latest version and try again"))
-		}
-		rv++
-		sec.ResourceVersion = strconv.Itoa(rv)
-		if err := cs.Tracker().Update(secrets, sec, sec.Namespace); err != nil {
-			return true, nil, err
-		}
-		return true, sec.DeepCopy(), nil
-	})
-	return cs
+	return selfcerttest.NewFakeAPI(t, append([]runtime.Object{manifestWebhook(t)}, objs...)...)
 }
 
-func testSelfConfig(cs *fake.Clientset, clock *testClock) SelfSignedConfig {
+func testSelfConfig(cs *fake.Clientset, clock *selfcerttest.Clock) SelfSignedConfig {
 	return SelfSignedConfig{
 		Secrets:   cs.CoreV1().Secrets(testNS),
 		Webhooks:  cs.AdmissionregistrationV1().MutatingWebhookConfigurations(),
@@ -197,56 +152,22 @@ func poolOf(t *testing.T, bundle []byte) *x509.CertPool {
 	return p
 }
 
-func leafOf(t *testing.T, sec *corev1.Secret) *x509.Certificate {
+// servedLeaf is the certificate s hands to a TLS handshake now.
+func servedLeaf(t *testing.T, s *selfCert) *x509.Certificate {
 	t.Helper()
-	certs := parseCerts(sec.Data[corev1.TLSCertKey])
-	if len(certs) != 1 {
-		t.Fatalf("tls.crt holds %d certificates, want 1", len(certs))
+	cert, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: testDNSNames[0]})
+	if err != nil || cert == nil || cert.Leaf == nil {
+		t.Fatalf("GetCertificate: %v, %v", cert, err)
 	}
-	return certs[0]
+	return cert.Leaf
 }
 
-// verifies reports whether leaf chains to bundle at now for every name.
-func verifies(leaf *x509.Certificate, bundle []byte, now time.Time) error {
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(bundle)
-	for _, n := range testDNSNames {
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, DNSName: n,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// countActions counts the fake's recorded actions of verb on resource.
-func countActions(cs *fake.Clientset, verb, resource string) int {
-	n := 0
-	for _, a := range cs.Actions() {
-		if a.GetVerb() == verb && a.GetResource().Resource == resource {
-			n++
-		}
-	}
-	return n
-}
-
-// checkNoKeysInLogs fails when key material reached the logs: a PEM
-// marker, or the base64 of a key as it stands in the Secret or PEM.
-func checkNoKeysInLogs(t *testing.T, logs string, sec *corev1.Secret) {
-	t.Helper()
-	if strings.Contains(logs, "PRIVATE KEY") {
-		t.Errorf("a private key reached the logs:\n%s", logs)
-	}
-	for _, k := range []string{CAKeyKey, corev1.TLSPrivateKeyKey} {
-		pemBody := strings.Split(string(sec.Data[k]), "\n")[1]
-		if strings.Contains(logs, pemBody) || strings.Contains(logs, base64.StdEncoding.EncodeToString(sec.Data[k])[:40]) {
-			t.Errorf("%s reached the logs", k)
-		}
-	}
-}
-
+// TestSelfSignedCreate checks what the injector asks of package selfcert:
+// a Secret labelled as the injector's, under the default name, with a
+// certificate for the Service's names, its CA in every webhook's caBundle,
+// readiness, and the metrics.
 func TestSelfSignedCreate(t *testing.T) {
-	clock := newTestClock()
+	clock := selfcerttest.NewClock()
 	t0 := clock.Now()
 	cs := newFakeAPI(t)
 	logs := &syncBuffer{}
@@ -254,38 +175,22 @@ func TestSelfSignedCreate(t *testing.T) {
 	s := startSelfCert(t, testSelfConfig(cs, clock), logs, m)
 
 	sec := getSecret(t, cs)
-	if sec.Type != corev1.SecretTypeTLS || sec.Labels[ManagedByLabel] != ManagedByValue {
-		t.Errorf("Secret type %q labels %v", sec.Type, sec.Labels)
+	wantLabels := map[string]string{ManagedByLabel: ManagedByValue, "app.kubernetes.io/name": "keyshift-injector", "app.kubernetes.io/part-of": "keyshift"}
+	if diff := cmp.Diff(wantLabels, sec.Labels); diff != "" || sec.Type != corev1.SecretTypeTLS {
+		t.Errorf("Secret type %q, labels (-want +got):\n%s", sec.Type, diff)
 	}
-	var keys []string
-	for k := range sec.Data {
-		keys = append(keys, k)
+	cas := selfcerttest.Certs(t, sec.Data[CABundleKey])
+	if len(cas) != 1 || !strings.HasPrefix(cas[0].Subject.CommonName, "keyshift-injector-ca@") || !cas[0].NotAfter.Equal(t0.Add(DefaultCAValidity)) {
+		t.Fatalf("ca.crt: %d CAs, the first %s until %s", len(cas), cas[0].Subject.CommonName, cas[0].NotAfter)
 	}
-	slices.Sort(keys)
-	if diff := cmp.Diff([]string{"ca.crt", "ca.key", "tls.crt", "tls.key"}, keys); diff != "" {
-		t.Errorf("Secret keys (-want +got):\n%s", diff)
+	leaf := selfcerttest.Leaf(t, sec)
+	if !leaf.NotAfter.Equal(t0.Add(DefaultCertValidity)) || !slices.Equal(leaf.DNSNames, testDNSNames) {
+		t.Errorf("serving certificate: NotAfter %s (want %s), names %v", leaf.NotAfter, t0.Add(DefaultCertValidity), leaf.DNSNames)
 	}
-
-	cas := parseCerts(sec.Data[CABundleKey])
-	if len(cas) != 1 {
-		t.Fatalf("ca.crt holds %d certificates, want 1", len(cas))
-	}
-	ca, leaf := cas[0], leafOf(t, sec)
-	for _, c := range []*x509.Certificate{ca, leaf} {
-		if pub, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() {
-			t.Errorf("%s: key is not ECDSA P-256", c.Subject.CommonName)
-		}
-	}
-	if !ca.IsCA || !ca.NotAfter.Equal(t0.Add(DefaultCAValidity)) {
-		t.Errorf("CA: IsCA %v, NotAfter %s, want %s", ca.IsCA, ca.NotAfter, t0.Add(DefaultCAValidity))
-	}
-	if leaf.IsCA || !leaf.NotAfter.Equal(t0.Add(DefaultCertValidity)) || !slices.Equal(leaf.DNSNames, testDNSNames) {
-		t.Errorf("serving certificate: IsCA %v, NotAfter %s (want %s), names %v", leaf.IsCA, leaf.NotAfter, t0.Add(DefaultCertValidity), leaf.DNSNames)
-	}
-	if err := verifies(leaf, sec.Data[CABundleKey], t0); err != nil {
+	if err := selfcerttest.Verify(leaf, sec.Data[CABundleKey], t0, testDNSNames); err != nil {
 		t.Errorf("serving certificate does not verify against ca.crt: %v", err)
 	}
-	if got := s.cur.Load().cert.Leaf.SerialNumber; got.Cmp(leaf.SerialNumber) != 0 {
+	if got := servedLeaf(t, s).SerialNumber; got.Cmp(leaf.SerialNumber) != 0 {
 		t.Errorf("serving serial %s, the Secret's is %s", got, leaf.SerialNumber)
 	}
 	if got := webhookBundle(t, cs); !bytes.Equal(got, sec.Data[CABundleKey]) {
@@ -294,11 +199,23 @@ func TestSelfSignedCreate(t *testing.T) {
 	if s.notReady() != "" {
 		t.Errorf("not ready after the caBundle was set: %s", s.notReady())
 	}
-	if got := counterValue(m.secretWrites.WithLabelValues("created")); got != 1 {
-		t.Errorf("created count %v, want 1", got)
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"Secret created", counterValue(m.secretWrites.WithLabelValues("created")), 1},
+		{"TLS reloads ok", counterValue(m.tlsReloads.WithLabelValues("ok")), 1},
+		{"caBundle patches ok", counterValue(m.caBundlePatches.WithLabelValues("ok")), 1},
+		{"certificate expiry", gaugeValue(m.certExpiry), float64(leaf.NotAfter.Unix())},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, c.got, c.want)
+		}
 	}
 
-	// A second pass with nothing due writes nothing.
+	// A second pass with nothing due writes nothing: neither the Secret
+	// nor the webhook configuration.
 	before := len(cs.Actions())
 	if err := s.sync(context.Background()); err != nil {
 		t.Fatal(err)
@@ -308,249 +225,15 @@ func TestSelfSignedCreate(t *testing.T) {
 			t.Errorf("an idle sync did %s %s", a.GetVerb(), a.GetResource().Resource)
 		}
 	}
-	checkNoKeysInLogs(t, logs.String(), sec)
+	selfcerttest.CheckNoKeysInLogs(t, logs.String(), sec)
 }
 
-// barrierSecrets holds the answers of the first n Gets, across every
-// client sharing it, until all n have read, so that n managers read the
-// same Secret before any of them writes: the race, made to happen every
-// run.
-type barrierSecrets struct {
-	SecretClient
-	b *barrier
-}
-
-type barrier struct {
-	mu      sync.Mutex
-	n       int
-	arrived chan struct{}
-}
-
-func newBarrier(n int) *barrier { return &barrier{n: n, arrived: make(chan struct{})} }
-
-// reset arms the barrier again for the next n Gets.
-func (b *barrier) reset(n int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.n, b.arrived = n, make(chan struct{})
-}
-
-func (b *barrier) wait() {
-	b.mu.Lock()
-	if b.n == 0 {
-		b.mu.Unlock()
-		return
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
 	}
-	b.n--
-	arrived := b.arrived
-	if b.n == 0 {
-		close(arrived)
-	}
-	b.mu.Unlock()
-	select {
-	case <-arrived:
-	case <-time.After(10 * time.Second):
-		panic("barrier: the other manager never read the Secret")
-	}
-}
-
-func (s barrierSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-	sec, err := s.SecretClient.Get(ctx, name, opts)
-	s.b.wait()
-	return sec, err
-}
-
-// TestSelfSignedRace runs two managers, as two replicas, on one Secret:
-// both find it missing and create it (one gets AlreadyExists and adopts
-// the winner's), then both find it due and update it (one gets a Conflict,
-// rereads, and finds nothing left to do). They always serve the same.
-func TestSelfSignedRace(t *testing.T) {
-	clock := newTestClock()
-	cs := newFakeAPI(t)
-	logs := &syncBuffer{}
-	m := NewMetrics()
-	b := newBarrier(2)
-	cfg := testSelfConfig(cs, clock)
-	cfg.Secrets = barrierSecrets{cfg.Secrets, b}
-
-	var wg sync.WaitGroup
-	var managers [2]*selfCert
-	for i := range managers {
-		wg.Go(func() {
-			s, err := newSelfCert(context.Background(), cfg, time.Hour, jsonLogger(logs), m)
-			if err != nil {
-				t.Errorf("manager %d: %v", i, err)
-				return
-			}
-			managers[i] = s
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	sameServed := func(step string) *x509.Certificate {
-		t.Helper()
-		leaf := leafOf(t, getSecret(t, cs))
-		for i, s := range managers {
-			if got := s.cur.Load().cert.Leaf.SerialNumber; got.Cmp(leaf.SerialNumber) != 0 {
-				t.Errorf("%s: manager %d serves %s, the Secret holds %s", step, i, got, leaf.SerialNumber)
-			}
-		}
-		return leaf
-	}
-	first := sameServed("create")
-	if got := countActions(cs, "create", "secrets"); got != 2 {
-		t.Errorf("%d creates, want 2 (both found the Secret missing)", got)
-	}
-	if c, l := counterValue(m.secretWrites.WithLabelValues("created")), counterValue(m.secretWrites.WithLabelValues("conflict")); c != 1 || l != 1 {
-		t.Errorf("created %v and conflicts %v, want 1 and 1", c, l)
-	}
-
-	clock.Advance(61 * day)
-	b.reset(2)
-	for i, s := range managers {
-		wg.Go(func() {
-			if err := s.sync(context.Background()); err != nil {
-				t.Errorf("manager %d renewal: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
-	renewed := sameServed("renewal")
-	if renewed.SerialNumber.Cmp(first.SerialNumber) == 0 {
-		t.Error("the serving certificate was not renewed")
-	}
-	if got := countActions(cs, "update", "secrets"); got != 2 {
-		t.Errorf("%d updates, want 2 (both found the certificate due)", got)
-	}
-	if r, l := counterValue(m.secretWrites.WithLabelValues("renewed")), counterValue(m.secretWrites.WithLabelValues("conflict")); r != 1 || l != 2 {
-		t.Errorf("renewals %v and conflicts %v, want 1 and 2", r, l)
-	}
-	checkNoKeysInLogs(t, logs.String(), getSecret(t, cs))
-}
-
-// TestSelfSignedRenewal walks a Secret through time: the certificate is
-// renewed at two thirds of its life under the same CA; a new CA joins the
-// bundle at two thirds of the CA's life, and signs only after CAOverlap;
-// the old CA leaves the bundle when it expires.
-func TestSelfSignedRenewal(t *testing.T) {
-	clock := newTestClock()
-	t0 := clock.Now()
-	cs := newFakeAPI(t)
-	logs := &syncBuffer{}
-	cfg := testSelfConfig(cs, clock)
-	// 270 days, so the CA falls due (day 180) just as the third
-	// certificate does: the overlap is what decides.
-	cfg.CAValidity = 270 * day
-	s := startSelfCert(t, cfg, logs, NewMetrics())
-
-	type state struct {
-		Serial string
-		CAs    []string
-		Issuer string
-	}
-	now := func() state {
-		t.Helper()
-		sec := getSecret(t, cs)
-		leaf := leafOf(t, sec)
-		var cas []string
-		for _, c := range parseCerts(sec.Data[CABundleKey]) {
-			cas = append(cas, c.Subject.CommonName)
-		}
-		if err := verifies(leaf, sec.Data[CABundleKey], clock.Now()); err != nil {
-			t.Errorf("at +%s the serving certificate does not verify against ca.crt: %v", clock.Now().Sub(t0), err)
-		}
-		if got := webhookBundle(t, cs); !bytes.Equal(got, sec.Data[CABundleKey]) {
-			t.Errorf("at +%s the webhook caBundle is not ca.crt", clock.Now().Sub(t0))
-		}
-		if got := s.cur.Load().cert.Leaf.SerialNumber.String(); got != leaf.SerialNumber.String() {
-			t.Errorf("at +%s serving %s, the Secret holds %s", clock.Now().Sub(t0), got, leaf.SerialNumber)
-		}
-		return state{Serial: leaf.SerialNumber.String(), CAs: cas, Issuer: leaf.Issuer.CommonName}
-	}
-	step := func(to time.Duration) state {
-		t.Helper()
-		clock.Advance(t0.Add(to).Sub(clock.Now()))
-		if err := s.sync(context.Background()); err != nil {
-			t.Fatalf("sync at +%s: %v", to, err)
-		}
-		return now()
-	}
-
-	s0 := now()
-	ca0 := s0.CAs[0]
-	if got := step(59 * day); !cmp.Equal(got, s0) {
-		t.Errorf("day 59 changed the Secret: %+v, was %+v", got, s0)
-	}
-	s1 := step(60*day + time.Hour)
-	if s1.Serial == s0.Serial || !cmp.Equal(s1.CAs, s0.CAs) || s1.Issuer != ca0 {
-		t.Errorf("day 60: %+v; want a new certificate from the same CA %s", s1, ca0)
-	}
-	s2 := step(120*day + 2*time.Hour)
-	if s2.Serial == s1.Serial || s2.Issuer != ca0 {
-		t.Errorf("day 120: %+v; want a new certificate from %s", s2, ca0)
-	}
-
-	// Day 180: the CA and the certificate are both due. The new CA joins
-	// the bundle; the certificate waits for the overlap.
-	s3 := step(180*day + 3*time.Hour)
-	if len(s3.CAs) != 2 || s3.CAs[0] != ca0 || s3.Serial != s2.Serial {
-		t.Fatalf("day 180: %+v; want a second CA in the bundle and the certificate %s kept", s3, s2.Serial)
-	}
-	ca1 := s3.CAs[1]
-	if got := step(180*day + 3*time.Hour + DefaultCAOverlap/2); got.Serial != s2.Serial {
-		t.Errorf("half the overlap later the certificate changed: %+v", got)
-	}
-	s4 := step(180*day + 3*time.Hour + DefaultCAOverlap)
-	if s4.Serial == s2.Serial || s4.Issuer != ca1 || !cmp.Equal(s4.CAs, []string{ca0, ca1}) {
-		t.Errorf("after the overlap: %+v; want a certificate from %s with both CAs trusted", s4, ca1)
-	}
-
-	// Day 270: the first CA expires and leaves the bundle.
-	s5 := step(270 * day)
-	if !cmp.Equal(s5.CAs, []string{ca1}) || s5.Issuer != ca1 {
-		t.Errorf("day 270: %+v; want %s alone", s5, ca1)
-	}
-	checkNoKeysInLogs(t, logs.String(), getSecret(t, cs))
-}
-
-// TestSelfSignedYears syncs once a day for two years with the default
-// lifetimes and checks, every day, what keeps the webhook working: the
-// served certificate is live and verifies against the caBundle the API
-// server had the day before (so no renewal outruns the bundle), and the
-// bundle holds at most two CAs.
-func TestSelfSignedYears(t *testing.T) {
-	clock := newTestClock()
-	cs := newFakeAPI(t)
-	s := startSelfCert(t, testSelfConfig(cs, clock), &syncBuffer{}, NewMetrics())
-	prev := webhookBundle(t, cs)
-	cas := map[string]bool{}
-	certs := map[string]bool{}
-	for d := 1; d <= 730; d++ {
-		clock.Advance(day)
-		if err := s.sync(context.Background()); err != nil {
-			t.Fatalf("day %d: %v", d, err)
-		}
-		leaf := s.cur.Load().cert.Leaf
-		if err := verifies(leaf, prev, clock.Now()); err != nil {
-			t.Fatalf("day %d: the served certificate does not verify against yesterday's caBundle: %v", d, err)
-		}
-		bundle := webhookBundle(t, cs)
-		n := parseCerts(bundle)
-		if len(n) > 2 {
-			t.Fatalf("day %d: %d CAs in the bundle", d, len(n))
-		}
-		for _, c := range n {
-			cas[c.Subject.CommonName] = true
-		}
-		certs[leaf.SerialNumber.String()] = true
-		prev = bundle
-	}
-	// 730 days: a new CA on days 244 and 488, a certificate every 60 days.
-	if len(cas) != 3 || len(certs) != 13 {
-		t.Errorf("in two years: %d CAs (want 3) and %d certificates (want 13)", len(cas), len(certs))
-	}
+	return m.GetGauge().GetValue()
 }
 
 // TestSelfSignedCABundle checks the caBundle is put back when someone
@@ -559,7 +242,7 @@ func TestSelfSignedYears(t *testing.T) {
 // certificate.
 func TestSelfSignedCABundle(t *testing.T) {
 	ctx := context.Background()
-	clock := newTestClock()
+	clock := selfcerttest.NewClock()
 	cs := newFakeAPI(t)
 	if err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, DefaultWebhookConfig, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -567,9 +250,8 @@ func TestSelfSignedCABundle(t *testing.T) {
 	logs := &syncBuffer{}
 	m := NewMetrics()
 	s := startSelfCert(t, testSelfConfig(cs, clock), logs, m)
-	if s.cur.Load() == nil {
-		t.Fatal("no certificate without the webhook configuration")
-	}
+	// Served without the webhook configuration (servedLeaf fails if not).
+	servedLeaf(t, s)
 	if why := s.notReady(); !strings.Contains(why, "caBundle is not set yet") {
 		t.Errorf("ready without a caBundle: %q", why)
 	}
@@ -631,13 +313,15 @@ func TestSelfSignedCABundle(t *testing.T) {
 	if got := counterValue(m.caBundlePatches.WithLabelValues("ok")); got != 2 {
 		t.Errorf("caBundle patches %v, want 2", got)
 	}
-	checkNoKeysInLogs(t, logs.String(), getSecret(t, cs))
+	selfcerttest.CheckNoKeysInLogs(t, logs.String(), getSecret(t, cs))
 }
 
-// TestSelfSignedRepairs checks what the injector does with a Secret it
-// finds: another's is refused, a damaged one of its own is remade.
+// TestSelfSignedRepairs checks the injector's side of what it finds: a
+// Secret that is not its own is refused with the flags that get around it,
+// and renaming the Service reissues the certificate for the new names.
+// (A damaged Secret, races and renewals: internal/selfcert.)
 func TestSelfSignedRepairs(t *testing.T) {
-	clock := newTestClock()
+	clock := selfcerttest.NewClock()
 	t.Run("not ours", func(t *testing.T) {
 		cs := newFakeAPI(t, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: DefaultTLSSecret, Namespace: testNS},
@@ -645,34 +329,15 @@ func TestSelfSignedRepairs(t *testing.T) {
 		})
 		start := time.Now()
 		_, err := newSelfCert(context.Background(), testSelfConfig(cs, clock), time.Hour, slog.New(slog.DiscardHandler), NewMetrics())
-		want := "injector: self-managed certificate: injector: invalid config: Secret keyshift-system/keyshift-injector-tls exists but is not the injector's (no label app.kubernetes.io/managed-by=keyshift-injector); delete it to let the injector make its own, set --tls-secret to another name, or serve it as it is with --cert-mode=files"
+		want := "injector: invalid config: self-managed certificate: Secret keyshift-system/keyshift-injector-tls exists but is not keyshift-injector's (no label app.kubernetes.io/managed-by=keyshift-injector); delete it to let keyshift-injector make its own, set --tls-secret to another name, or serve it as it is with --cert-mode=files"
 		if err == nil || err.Error() != want {
 			t.Fatalf("error %v, want %q", err, want)
 		}
 		if !errors.Is(err, ErrConfig) || time.Since(start) > 5*time.Second {
 			t.Errorf("a foreign Secret is not a config error refused at once (%v, %s)", err, time.Since(start))
 		}
-		if countActions(cs, "update", "secrets") != 0 {
+		if selfcerttest.CountActions(cs, "update", "secrets") != 0 {
 			t.Error("the foreign Secret was written")
-		}
-	})
-	t.Run("damaged", func(t *testing.T) {
-		cs := newFakeAPI(t, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: DefaultTLSSecret, Namespace: testNS, ResourceVersion: "7",
-				Labels: map[string]string{ManagedByLabel: ManagedByValue}},
-			Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"tls.crt": []byte("garbage"), "tls.key": []byte("garbage"), "note": []byte("kept")},
-		})
-		s := startSelfCert(t, testSelfConfig(cs, clock), &syncBuffer{}, NewMetrics())
-		sec := getSecret(t, cs)
-		if err := verifies(leafOf(t, sec), sec.Data[CABundleKey], clock.Now()); err != nil {
-			t.Errorf("remade certificate: %v", err)
-		}
-		if string(sec.Data["note"]) != "kept" {
-			t.Error("a key the injector does not own was dropped")
-		}
-		if s.cur.Load() == nil {
-			t.Error("nothing served")
 		}
 	})
 	t.Run("another service name", func(t *testing.T) {
@@ -680,9 +345,13 @@ func TestSelfSignedRepairs(t *testing.T) {
 		cfg := testSelfConfig(cs, clock)
 		startSelfCert(t, cfg, &syncBuffer{}, NewMetrics())
 		cfg.Service = "keyshift-webhook"
-		startSelfCert(t, cfg, &syncBuffer{}, NewMetrics())
-		if got := leafOf(t, getSecret(t, cs)).DNSNames; !slices.Equal(got, []string{"keyshift-webhook.keyshift-system.svc", "keyshift-webhook.keyshift-system.svc.cluster.local"}) {
+		s := startSelfCert(t, cfg, &syncBuffer{}, NewMetrics())
+		want := []string{"keyshift-webhook.keyshift-system.svc", "keyshift-webhook.keyshift-system.svc.cluster.local"}
+		if got := selfcerttest.Leaf(t, getSecret(t, cs)).DNSNames; !slices.Equal(got, want) {
 			t.Errorf("after renaming the Service the certificate names %v", got)
+		}
+		if got := servedLeaf(t, s).DNSNames; !slices.Equal(got, want) {
+			t.Errorf("after renaming the Service the served certificate names %v", got)
 		}
 	})
 }
@@ -699,7 +368,7 @@ func TestSelfSignedConfigValidate(t *testing.T) {
 		{"bad service", func(c *SelfSignedConfig) { c.Service = "Keyshift_Injector" },
 			`injector: invalid config: self-managed certificate: Service name "Keyshift_Injector": write a DNS-1123 label such as keyshift-injector`},
 		{"bad secret", func(c *SelfSignedConfig) { c.SecretName = "tls/secret" },
-			`injector: invalid config: self-managed certificate: Secret name "tls/secret": write a Kubernetes object name such as keyshift-injector`},
+			`injector: invalid config: self-managed certificate: Secret name "tls/secret": write a Kubernetes object name such as keyshift-injector-tls`},
 		{"cert outlives half the CA", func(c *SelfSignedConfig) { c.CertValidity = 200 * day },
 			"injector: invalid config: self-managed certificate: certificate validity 4800h0m0s exceeds half the CA validity 8760h0m0s; write a shorter --cert-validity or a longer --ca-validity"},
 		{"cert shorter than the overlap allows", func(c *SelfSignedConfig) { c.CertValidity = 2 * time.Hour },
@@ -740,7 +409,7 @@ func TestSelfSignedConfigValidate(t *testing.T) {
 // servers without a restart; across a CA renewal a client holding the old
 // bundle keeps working through the overlap.
 func TestSelfSignedServer(t *testing.T) {
-	clock := newTestClock()
+	clock := selfcerttest.NewClock()
 	cs := newFakeAPI(t)
 	logs := &syncBuffer{}
 	cfg := testSelfConfig(cs, clock)
@@ -781,7 +450,7 @@ func TestSelfSignedServer(t *testing.T) {
 		t.Helper()
 		var want string
 		waitFor(t, what+" in the Secret", func() bool {
-			want = leafOf(t, getSecret(t, cs)).SerialNumber.String()
+			want = selfcerttest.Leaf(t, getSecret(t, cs)).SerialNumber.String()
 			return want != prev
 		})
 		for i, srv := range servers {
@@ -824,7 +493,7 @@ func TestSelfSignedServer(t *testing.T) {
 	// Day 244: the CA is due. A new CA joins the bundle, and during the
 	// overlap the old bundle still verifies what is served.
 	clock.Advance(63 * day)
-	waitFor(t, "a second CA in the caBundle", func() bool { return len(parseCerts(webhookBundle(t, cs))) == 2 })
+	waitFor(t, "a second CA in the caBundle", func() bool { return len(selfcerttest.Certs(t, webhookBundle(t, cs))) == 2 })
 	bundle1 := webhookBundle(t, cs)
 	for _, srv := range servers {
 		if _, err := served(srv, bundle0); err != nil {
@@ -838,10 +507,10 @@ func TestSelfSignedServer(t *testing.T) {
 	if _, err := served(servers[0], bundle0); err == nil {
 		t.Error("a client trusting only the old CA verifies a certificate from the new one")
 	}
-	if got := countActions(cs, "create", "secrets"); got < 1 || got > 2 {
+	if got := selfcerttest.CountActions(cs, "create", "secrets"); got < 1 || got > 2 {
 		t.Errorf("%d creates", got)
 	}
-	checkNoKeysInLogs(t, logs.String(), getSecret(t, cs))
+	selfcerttest.CheckNoKeysInLogs(t, logs.String(), getSecret(t, cs))
 }
 
 // TestSelfSignedManifests checks that the manifests and the defaults name

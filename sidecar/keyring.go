@@ -50,6 +50,9 @@ func (r *Keyring) set(name string) (*ringSet, bool) {
 type holder struct {
 	cur atomic.Pointer[Keyring]
 	mu  sync.Mutex
+	// wipeAfter is how long a key that left the keyring stays intact
+	// before it is wiped, for calls that loaded the previous keyring.
+	wipeAfter time.Duration
 }
 
 func (h *holder) load() *Keyring { return h.cur.Load() }
@@ -62,8 +65,25 @@ func (h *holder) replace(name string, s *ringSet) {
 	if old := h.cur.Load(); old != nil {
 		maps.Copy(next.sets, old.sets)
 	}
+	var dropped []*envelope.Key
+	if old, ok := next.sets[name]; ok {
+		for v, k := range old.keys {
+			if s.keys[v] != k {
+				dropped = append(dropped, k)
+			}
+		}
+	}
 	next.sets[name] = s
 	h.cur.Store(next)
+	if len(dropped) > 0 {
+		// Versions that were disabled, destroyed or replaced: their key
+		// material goes once no call can still hold the old keyring.
+		time.AfterFunc(h.wipeAfter, func() {
+			for _, k := range dropped {
+				k.Wipe()
+			}
+		})
+	}
 }
 
 // loader turns keyset documents into ringSets: it unwraps new versions

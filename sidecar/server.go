@@ -67,6 +67,11 @@ type Config struct {
 	// KMSPoll asks the KMS for the KEK's primary version this often and
 	// rereads the keyset when it changes (0 disables).
 	KMSPoll time.Duration
+	// DroppedKeyGrace is how long the key of a version that left the
+	// keyring (disabled, destroyed) is kept before it is wiped from
+	// memory, for calls still running on the previous keyring (1m when
+	// zero).
+	DroppedKeyGrace time.Duration
 	// ExtAuthz serves the Envoy ext_authz API (off when Addr and Socket are empty).
 	ExtAuthz ExtAuthzConfig
 }
@@ -89,6 +94,9 @@ func (c *Config) defaults() error {
 	}
 	if c.KMSTimeout <= 0 {
 		c.KMSTimeout = 10 * time.Second
+	}
+	if c.DroppedKeyGrace <= 0 {
+		c.DroppedKeyGrace = time.Minute
 	}
 	if c.KMS == nil {
 		return errors.New("sidecar: no KMS registry")
@@ -148,7 +156,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	sort.Strings(names)
 	s := &Server{
-		cfg: cfg, metrics: NewMetrics(), ring: &holder{}, loader: newLoader(cfg.KMS, cfg.KMSTimeout),
+		cfg: cfg, metrics: NewMetrics(), ring: &holder{wipeAfter: cfg.DroppedKeyGrace}, loader: newLoader(cfg.KMS, cfg.KMSTimeout),
 		health: health.NewServer(), log: cfg.Logger, lastErr: map[string]string{},
 		ready: make(chan struct{}), done: make(chan struct{}),
 	}

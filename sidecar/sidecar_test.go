@@ -851,3 +851,31 @@ func TestKMSMigrationLoads(t *testing.T) {
 		t.Fatalf("old data after the migration: %q, %v", pt, err)
 	}
 }
+
+// The key of a version that leaves the keyring is wiped from memory once
+// the grace for in-flight calls has passed; the others are untouched.
+func TestDroppedVersionKeyWiped(t *testing.T) {
+	e := newEnv(t, func(e *env) { e.cfg.DroppedKeyGrace = 50 * time.Millisecond })
+	ks := e.keyset("payments")
+	next, err := addVersion(e, ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, _ = next.Promote(2, time.Now())
+	e.write("payments", next)
+	e.waitFor(func(st KeysetStatus) bool { return st.Primary == 2 })
+	v1 := e.srv.ring.load().sets["payments"].keys[1]
+	retired, err := next.Retire(1, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write("payments", retired)
+	e.waitFor(func(st KeysetStatus) bool { return hasVersion(st, 1, "disabled") })
+	waitUntil(t, v1.Wiped, "v1's key wiped after the grace")
+	if e.srv.ring.load().sets["payments"].keys[2].Wiped() {
+		t.Fatal("the primary's key was wiped")
+	}
+	if _, err := e.client.Encrypt(ctxT(t), []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}

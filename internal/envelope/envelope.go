@@ -24,6 +24,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -109,7 +110,30 @@ type Key struct {
 	prk       []byte
 	macKey    []byte
 	expanders sync.Pool // of *expander keyed with prk
+	wiped     atomic.Bool
 }
+
+// ErrWiped: the key was wiped (its version left the keyring) and serves
+// nothing more.
+var ErrWiped = errors.New("envelope: key wiped")
+
+// Wipe overwrites the key material k holds with zeros and makes every
+// later use fail with ErrWiped. It is best effort: the Go runtime may have
+// copied the bytes (stack growth, the HMAC states in the pool, which are
+// dropped here but not zeroed), so it shortens how long a dropped key
+// lingers in memory rather than guaranteeing it is gone. Call it only
+// once no caller can still be using k.
+func (k *Key) Wipe() {
+	if k.wiped.Swap(true) {
+		return
+	}
+	clear(k.prk)
+	clear(k.macKey)
+	k.expanders = sync.Pool{New: func() any { return &expander{mac: hmac.New(sha256.New, make([]byte, KeySize))} }}
+}
+
+// Wiped reports whether Wipe was called.
+func (k *Key) Wiped() bool { return k.wiped.Load() }
 
 // NewKey derives a Key for keyset name, version from a 32-byte data key.
 // The caller may wipe dek afterwards.
@@ -140,6 +164,9 @@ func NewKey(name string, version uint32, dek []byte) (*Key, error) {
 // version's data key (HKDF label "keyshift mac v1"), independent of every
 // message key. It is for signing requests and cookies, not for ciphertexts.
 func (k *Key) MAC(data []byte) []byte {
+	if k.wiped.Load() {
+		return nil // VerifyMAC then fails: no MAC is empty
+	}
 	m := hmac.New(sha256.New, k.macKey)
 	m.Write(data)
 	return m.Sum(nil)
@@ -147,7 +174,8 @@ func (k *Key) MAC(data []byte) []byte {
 
 // VerifyMAC reports in constant time whether mac is MAC(data).
 func (k *Key) VerifyMAC(data, mac []byte) bool {
-	return hmac.Equal(k.MAC(data), mac)
+	m := k.MAC(data)
+	return m != nil && hmac.Equal(m, mac)
 }
 
 // Name is the keyset name this key seals under.
@@ -366,6 +394,9 @@ func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) 
 // messageAEAD derives the message AEAD for seed in format and, for
 // Format2, the key commitment into commitment (left all zero for Format1).
 func (k *Key) messageAEAD(format byte, seed []byte, commitment *[CommitmentSize]byte) (cipher.AEAD, error) {
+	if k.wiped.Load() {
+		return nil, fmt.Errorf("%w: %s v%d", ErrWiped, k.name, k.version)
+	}
 	var mk [KeySize]byte
 	e := k.expanders.Get().(*expander)
 	switch format {

@@ -554,3 +554,37 @@ func TestMAC(t *testing.T) {
 		t.Fatal("MAC key is not the HKDF-derived key")
 	}
 }
+
+// A wiped key holds zeros and serves nothing: no seal, no open, no MAC.
+func TestWipe(t *testing.T) {
+	dek := make([]byte, KeySize)
+	dek[0] = 1
+	k, err := NewKey("payments", 1, dek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := Seal(k, []byte("x"), nil, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := k.MAC([]byte("m"))
+	k.Wipe()
+	k.Wipe() // idempotent
+	if !k.Wiped() {
+		t.Fatal("Wiped() = false after Wipe")
+	}
+	for _, b := range append(append([]byte{}, k.prk...), k.macKey...) {
+		if b != 0 {
+			t.Fatal("key material left after Wipe")
+		}
+	}
+	if _, err := Seal(k, []byte("x"), nil, rand.Reader); !errors.Is(err, ErrWiped) {
+		t.Fatalf("Seal after Wipe = %v, want ErrWiped", err)
+	}
+	if _, err := Open(k, ct, nil); !errors.Is(err, ErrWiped) {
+		t.Fatalf("Open after Wipe = %v, want ErrWiped", err)
+	}
+	if k.VerifyMAC([]byte("m"), mac) {
+		t.Fatal("VerifyMAC passed with a wiped key")
+	}
+}

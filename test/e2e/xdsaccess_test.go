@@ -47,7 +47,7 @@ func makeXDSPod(t *testing.T, client kubernetes.Interface, ns, name, keysets str
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{
 			annotation.Status: "injected", annotation.Keysets: keysets,
 		}},
-		Spec: corev1.PodSpec{ServiceAccountName: "app", Containers: []corev1.Container{{Name: "app", Image: "example-app"}}},
+		Spec: corev1.PodSpec{ServiceAccountName: "app", Containers: []corev1.Container{{Name: "app", Image: "example-app", ImagePullPolicy: corev1.PullNever}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,8 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
 	dir := fs.String("keyset-dir", "", "manage the keyset files in this directory (outside a cluster); otherwise labelled Secrets")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster config)")
-	namespace := fs.String("namespace", "", "only manage keyset Secrets in this namespace (default: all)")
+	namespace := fs.String("namespace", "", "only manage keyset Secrets in this namespace (overrides --namespace-selector)")
+	nsSelector := fs.String("namespace-selector", kube.DefaultOptInLabel, "manage keysets only in namespaces with these labels, which also bind the ClusterRole keyshift-controller-keysets to the controller (empty: every namespace, which takes that ClusterRole cluster-wide)")
 	xdsAddr := fs.String("xds-addr", ":18000", "serve keysets to sidecars over xDS here (empty disables)")
 	xdsAuth := fs.String("xds-auth", "token", "how sidecars authenticate: token (TLS, and the pod's projected ServiceAccount token checked by TokenReview) or none (only with --keyset-dir on a loopback address)")
 	xdsAudience := fs.String("xds-audience", kube.DefaultXDSAudience, "audience of the sidecars' projected tokens")
@@ -76,6 +77,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg),
 		KMSPolicy: &kmsPolicy}
 	var client kubernetes.Interface
+	var optIn *kube.OptIn
 	if *dir != "" {
 		eng.Store = &rotation.FileStore{Dir: *dir}
 	} else {
@@ -86,7 +88,15 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		if len(kmsPolicy.Allow) == 0 {
 			log.Warn("no --allow-kms: keysets of every namespace may name any KMS key the controller's identity can use (local:// excepted)")
 		}
-		store := &kube.SecretStore{Client: client, Namespace: *namespace}
+		store := &kube.SecretStore{Client: client, Namespace: *namespace, Log: log}
+		if *namespace == "" && *nsSelector != "" {
+			if optIn, err = kube.NewOptIn(client, *nsSelector); err != nil {
+				return err
+			}
+			optIn.Start(ctx)
+			store.Namespaces = optIn.List
+			log.Info("managing keysets in the namespaces that opt in", "selector", *nsSelector)
+		}
 		ev, stop := store.Events(log)
 		defer stop()
 		eng.Store, eng.Event, eng.Status = store, ev, store.SetStatus
@@ -107,7 +117,11 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 			// Promotion waits for every pod that uses a keyset, not only
 			// for the sidecars connected at that moment; the same cache
 			// says which pods may read which keysets.
-			readers = kube.NewPodReaders(client, *namespace)
+			if optIn != nil {
+				readers = kube.NewPodReadersPerNamespace(client)
+			} else {
+				readers = kube.NewPodReaders(client, *namespace)
+			}
 			readers.Start(ctx)
 			eng.Readers = readers.Readers
 			term.pod = leaderPod(client, log)
@@ -122,15 +136,21 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 			if client == nil {
 				return errors.New("--xds-auth=token checks sidecar tokens with the Kubernetes API; with --keyset-dir use --xds-auth=none on a loopback --xds-addr")
 			}
-			access = (&kube.XDSAccess{Client: client, Audience: *xdsAudience, Pods: readers}).Access()
+			access = (&kube.XDSAccess{Client: client, Audience: *xdsAudience, Pods: readers, OptIn: optIn}).Access()
 			store := eng.Store.(*kube.SecretStore)
+			pub := &kube.CAPublisher{Client: client, Name: *xdsCAConfigMap}
+			store.Listed = func(ctx context.Context, nss []string) {
+				if err := pub.Ensure(ctx, nss); err != nil {
+					log.Warn("publishing the xDS CA bundle failed; retrying", "err", err)
+				}
+			}
 			cert, err := startXDSCert(ctx, client, envOr("POD_NAMESPACE", "keyshift-system"), *xdsTLSSecret, *xdsService, log,
 				func(ctx context.Context, bundle []byte) error {
-					nss, err := store.Namespaces(ctx)
+					nss, err := store.KeysetNamespaces(ctx)
 					if err != nil {
 						return err
 					}
-					return kube.PublishCA(ctx, client, *xdsCAConfigMap, nss, bundle)
+					return pub.SetBundle(ctx, bundle, nss)
 				})
 			if err != nil {
 				return err

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -65,9 +67,71 @@ func PublishCA(ctx context.Context, c kubernetes.Interface, name string, namespa
 	return errors.Join(errs...)
 }
 
-// Namespaces returns the namespaces of the keyset Secrets the store
+// CAPublisher keeps the CA bundle ConfigMap in every namespace with
+// keysets: at once in all of them when the bundle changes, and in a
+// namespace as soon as it is seen with a keyset (SecretStore.Listed), so
+// sidecars of a new namespace need not wait for the certificate's next
+// check. It remembers what it wrote and checks again every Recheck.
+type CAPublisher struct {
+	Client  kubernetes.Interface
+	Name    string        // DefaultCAConfigMap when empty
+	Recheck time.Duration // 10m when zero
+
+	mu     sync.Mutex
+	bundle []byte
+	done   map[string]time.Time // namespace -> when bundle was last ensured there
+}
+
+// SetBundle publishes bundle into namespaces (all namespaces with keysets).
+func (p *CAPublisher) SetBundle(ctx context.Context, bundle []byte, namespaces []string) error {
+	p.mu.Lock()
+	if !bytes.Equal(p.bundle, bundle) {
+		p.bundle, p.done = bytes.Clone(bundle), map[string]time.Time{}
+	}
+	p.mu.Unlock()
+	return p.Ensure(ctx, namespaces)
+}
+
+// Ensure publishes the bundle into those of namespaces not checked lately.
+func (p *CAPublisher) Ensure(ctx context.Context, namespaces []string) error {
+	recheck := p.Recheck
+	if recheck <= 0 {
+		recheck = 10 * time.Minute
+	}
+	name := p.Name
+	if name == "" {
+		name = DefaultCAConfigMap
+	}
+	p.mu.Lock()
+	bundle := p.bundle
+	var due []string
+	for _, ns := range namespaces {
+		if at, ok := p.done[ns]; !ok || time.Since(at) > recheck {
+			due = append(due, ns)
+		}
+	}
+	p.mu.Unlock()
+	if bundle == nil || len(due) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, ns := range due {
+		if err := PublishCA(ctx, p.Client, name, []string{ns}, bundle); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.mu.Lock()
+		if bytes.Equal(p.bundle, bundle) {
+			p.done[ns] = time.Now()
+		}
+		p.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// KeysetNamespaces returns the namespaces of the keyset Secrets the store
 // manages, sorted.
-func (s *SecretStore) Namespaces(ctx context.Context) ([]string, error) {
+func (s *SecretStore) KeysetNamespaces(ctx context.Context) ([]string, error) {
 	keys, err := s.List(ctx)
 	if err != nil {
 		return nil, err

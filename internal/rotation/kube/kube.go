@@ -48,6 +48,15 @@ type SecretStore struct {
 	Client kubernetes.Interface
 	// Namespace limits the store to one namespace; "" watches all.
 	Namespace string
+	// Namespaces, when set, lists the namespaces to manage (the ones that
+	// opted in) and Namespace is ignored. A namespace whose Secrets the
+	// controller may not list (no RoleBinding yet) is skipped and logged.
+	Namespaces func(ctx context.Context) ([]string, error)
+	// Log receives what List skips; nil discards.
+	Log *slog.Logger
+	// Listed, when set, is told after each List the namespaces that hold
+	// keysets (the controller puts its CA bundle there).
+	Listed func(ctx context.Context, namespaces []string)
 
 	mu     sync.Mutex
 	refs   map[string]*corev1.ObjectReference // namespace/keyset -> Secret, for events
@@ -82,11 +91,10 @@ func splitKey(key string) (string, string, error) {
 // leads and in whatever order it reads them; the other is refused with a
 // Warning Event on it until it is renamed or deleted.
 func (s *SecretStore) List(ctx context.Context) ([]string, error) {
-	l, err := s.Client.CoreV1().Secrets(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
+	secrets, err := s.listSecrets(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("kube: list keyset Secrets: %w", err)
+		return nil, err
 	}
-	secrets := l.Items
 	sort.Slice(secrets, func(i, j int) bool {
 		a, b := &secrets[i], &secrets[j]
 		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
@@ -119,7 +127,45 @@ func (s *SecretStore) List(ctx context.Context) ([]string, error) {
 	s.owners = owners
 	s.mu.Unlock()
 	sort.Strings(keys)
+	if s.Listed != nil {
+		var nss []string
+		for _, k := range keys {
+			if ns := s.Scope(k); len(nss) == 0 || nss[len(nss)-1] != ns {
+				nss = append(nss, ns)
+			}
+		}
+		s.Listed(ctx, nss)
+	}
 	return keys, nil
+}
+
+// listSecrets lists the labelled Secrets of the managed namespaces.
+func (s *SecretStore) listSecrets(ctx context.Context) ([]corev1.Secret, error) {
+	opts := metav1.ListOptions{LabelSelector: Label + "=true"}
+	if s.Namespaces == nil {
+		l, err := s.Client.CoreV1().Secrets(s.Namespace).List(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("kube: list keyset Secrets: %w", err)
+		}
+		return l.Items, nil
+	}
+	nss, err := s.Namespaces(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kube: list opted-in namespaces: %w", err)
+	}
+	var out []corev1.Secret
+	for _, ns := range nss {
+		l, err := s.Client.CoreV1().Secrets(ns).List(ctx, opts)
+		if err != nil {
+			// One namespace's missing RoleBinding must not stop the others.
+			if s.Log != nil {
+				s.Log.Warn("namespace opted in but its keyset Secrets cannot be listed; bind the ClusterRole keyshift-controller-keysets to the controller's ServiceAccount there", "namespace", ns, "err", err)
+			}
+			continue
+		}
+		out = append(out, l.Items...)
+	}
+	return out, nil
 }
 
 // refuseDuplicate reports, once per change of the Secret, that it is not

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -9,11 +10,16 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/xds"
 )
 
 func keysetSecret(t *testing.T, ns, name, keysetName string, created time.Time) *corev1.Secret {
@@ -66,5 +72,85 @@ func TestDuplicateKeysetsRefusedDeterministically(t *testing.T) {
 		if s.Scope("bank/payments") != "bank" {
 			t.Fatal("Scope is not the namespace")
 		}
+	}
+}
+
+// With namespaces opting in (label + RoleBinding), the controller reads
+// keyset Secrets of those namespaces only; one whose RoleBinding is
+// missing is skipped, not fatal; pods of other namespaces get no keyset
+// (finding 7: before, every Secret of the cluster was read).
+func TestOptInNamespaces(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ns := func(name string, optIn bool) *corev1.Namespace {
+		n := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		if optIn {
+			n.Labels = map[string]string{"keyshift.io/keysets": "enabled"}
+		}
+		return n
+	}
+	c := fake.NewClientset(ns("shop", true), ns("broken", true), ns("bank", false),
+		keysetSecret(t, "shop", "payments", "payments", t0),
+		keysetSecret(t, "broken", "payments", "payments", t0),
+		keysetSecret(t, "bank", "payments", "payments", t0),
+		appPod("bank", "teller", "payments", corev1.PodRunning, true, false))
+	c.PrependReactor("list", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == "broken" {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "", errors.New("no RoleBinding"))
+		}
+		return false, nil, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	optIn, err := NewOptIn(c, DefaultOptInLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	optIn.Start(ctx)
+	var logs strings.Builder
+	s := &SecretStore{Client: c, Namespaces: optIn.List, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	keys, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"shop/payments"}, keys); diff != "" {
+		t.Fatalf("keys (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(logs.String(), "namespace=broken") {
+		t.Fatalf("the namespace without a RoleBinding was not reported: %s", logs.String())
+	}
+	readers := NewPodReadersPerNamespace(c)
+	readers.Start(ctx)
+	a := &XDSAccess{Client: c, Pods: readers, OptIn: optIn}
+	if err := a.Authorize(ctx, xds.Identity{Namespace: "bank", Pod: "teller"}, "payments"); err == nil || !strings.Contains(err.Error(), "has not opted in") {
+		t.Fatalf("a pod of a namespace that did not opt in: %v", err)
+	}
+}
+
+// The CA bundle lands in every namespace with keysets, follows a new
+// bundle, and never takes over a ConfigMap that is not keyshift's.
+func TestCAPublisher(t *testing.T) {
+	foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: DefaultCAConfigMap, Namespace: "bank"}, Data: map[string]string{CABundleKey: "theirs"}}
+	c := fake.NewClientset(foreign)
+	p := &CAPublisher{Client: c}
+	ctx := context.Background()
+	get := func(ns string) string {
+		cm, err := c.CoreV1().ConfigMaps(ns).Get(ctx, DefaultCAConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		return cm.Data[CABundleKey]
+	}
+	err := p.SetBundle(ctx, []byte("ca-1"), []string{"shop", "bank"})
+	if err == nil || !strings.Contains(err.Error(), "not keyshift's") {
+		t.Fatalf("SetBundle over a foreign ConfigMap = %v", err)
+	}
+	if get("shop") != "ca-1" || get("bank") != "theirs" {
+		t.Fatalf("shop %q, bank %q", get("shop"), get("bank"))
+	}
+	if err := p.Ensure(ctx, []string{"shop", "new"}); err != nil || get("new") != "ca-1" {
+		t.Fatalf("a namespace seen later: %q, %v", get("new"), err)
+	}
+	if err := p.SetBundle(ctx, []byte("ca-1\nca-2"), []string{"shop", "new"}); err != nil || get("shop") != "ca-1\nca-2" || get("new") != "ca-1\nca-2" {
+		t.Fatalf("a renewed bundle: shop %q, new %q, %v", get("shop"), get("new"), err)
 	}
 }

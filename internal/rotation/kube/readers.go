@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,26 +30,74 @@ var ErrPodsNotSynced = errors.New("kube: pod cache not synced yet")
 // and keeps of each pod only what that question needs, so the cache stays
 // small in a large cluster.
 type PodReaders struct {
-	factory informers.SharedInformerFactory
-	synced  cache.InformerSynced
-	lister  listersv1.PodLister
+	client kubernetes.Interface
+	perNS  bool
+
+	mu     sync.Mutex
+	caches map[string]*podCache // by namespace; "" for the one cache when !perNS
+	ctx    context.Context      // from Start
+
 	// SyncTimeout bounds how long Readers waits for the first load (30 s
 	// when zero).
 	SyncTimeout time.Duration
 }
 
-// NewPodReaders returns a PodReaders over the pods of namespace ("" for
-// every namespace, like the Secrets the controller manages). Call Start.
-func NewPodReaders(c kubernetes.Interface, namespace string) *PodReaders {
+// podCache is one pod watch.
+type podCache struct {
+	factory informers.SharedInformerFactory
+	synced  cache.InformerSynced
+	lister  listersv1.PodLister
+}
+
+func newPodCache(c kubernetes.Interface, namespace string) *podCache {
 	f := informers.NewSharedInformerFactoryWithOptions(c, 0, informers.WithNamespace(namespace), informers.WithTransform(slimPod))
 	pods := f.Core().V1().Pods()
 	inf := pods.Informer()
-	return &PodReaders{factory: f, synced: inf.HasSynced, lister: pods.Lister()}
+	return &podCache{factory: f, synced: inf.HasSynced, lister: pods.Lister()}
+}
+
+// NewPodReaders returns a PodReaders over the pods of namespace ("" for
+// every namespace, which takes list/watch on pods cluster-wide). Call
+// Start.
+func NewPodReaders(c kubernetes.Interface, namespace string) *PodReaders {
+	return &PodReaders{client: c, caches: map[string]*podCache{"": newPodCache(c, namespace)}}
+}
+
+// NewPodReadersPerNamespace returns a PodReaders that watches the pods of
+// a namespace from the first question about it on: the controller then
+// needs pod access only in the namespaces that opted in. Call Start.
+func NewPodReadersPerNamespace(c kubernetes.Interface) *PodReaders {
+	return &PodReaders{client: c, perNS: true, caches: map[string]*podCache{}}
 }
 
 // Start begins watching pods until ctx ends. Every replica starts it, so a
 // new leader does not wait for a cold cache.
-func (p *PodReaders) Start(ctx context.Context) { p.factory.Start(ctx.Done()) }
+func (p *PodReaders) Start(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ctx = ctx
+	for _, c := range p.caches {
+		c.factory.Start(ctx.Done())
+	}
+}
+
+// cacheFor returns the watch that holds namespace ns, starting it if new.
+func (p *PodReaders) cacheFor(ns string) *podCache {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.perNS {
+		return p.caches[""]
+	}
+	c, ok := p.caches[ns]
+	if !ok {
+		c = newPodCache(p.client, ns)
+		p.caches[ns] = c
+		if p.ctx != nil {
+			c.factory.Start(p.ctx.Done())
+		}
+	}
+	return c
+}
 
 // Readers returns the xDS node IDs ("namespace/pod") of the pods that
 // should hold the keyset stored in the Secret key ("namespace/name"):
@@ -60,10 +109,11 @@ func (p *PodReaders) Readers(ctx context.Context, key string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := p.waitSynced(ctx); err != nil {
+	pc := p.cacheFor(ns)
+	if err := p.waitSynced(ctx, pc); err != nil {
 		return nil, err
 	}
-	pods, err := p.lister.Pods(ns).List(labels.Everything())
+	pods, err := pc.lister.Pods(ns).List(labels.Everything())
 	if err != nil {
 		return nil, fmt.Errorf("kube: list pods in %s: %w", ns, err)
 	}
@@ -77,9 +127,9 @@ func (p *PodReaders) Readers(ctx context.Context, key string) ([]string, error) 
 	return out, nil
 }
 
-// waitSynced waits up to SyncTimeout for the first load of the cache.
-func (p *PodReaders) waitSynced(ctx context.Context) error {
-	if p.synced() {
+// waitSynced waits up to SyncTimeout for the first load of pc.
+func (p *PodReaders) waitSynced(ctx context.Context, pc *podCache) error {
+	if pc.synced() {
 		return nil
 	}
 	d := p.SyncTimeout
@@ -88,7 +138,7 @@ func (p *PodReaders) waitSynced(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	if !cache.WaitForCacheSync(wctx.Done(), p.synced) {
+	if !cache.WaitForCacheSync(wctx.Done(), pc.synced) {
 		return ErrPodsNotSynced
 	}
 	return nil

@@ -49,6 +49,8 @@ type XDSAccess struct {
 	Client   kubernetes.Interface
 	Audience string // DefaultXDSAudience when empty
 	Pods     *PodReaders
+	// OptIn, when set, limits access to pods of namespaces that opted in.
+	OptIn *OptIn
 }
 
 // Access returns the xds.Access of a.
@@ -134,10 +136,14 @@ func expiry(tok string) time.Time {
 // name any keyset there, as they may mount any Secret there: the
 // namespace is the boundary, as for Secrets.
 func (a *XDSAccess) Authorize(ctx context.Context, id xds.Identity, keyset string) error {
-	if err := a.Pods.waitSynced(ctx); err != nil {
+	if a.OptIn != nil && !a.OptIn.Has(ctx, id.Namespace) {
+		return fmt.Errorf("namespace %s has not opted in to keyshift (label %s)", id.Namespace, a.OptIn.Selector())
+	}
+	pc := a.Pods.cacheFor(id.Namespace)
+	if err := a.Pods.waitSynced(ctx, pc); err != nil {
 		return err
 	}
-	pod, err := a.Pods.lister.Pods(id.Namespace).Get(id.Pod)
+	pod, err := pc.lister.Pods(id.Namespace).Get(id.Pod)
 	if apierrors.IsNotFound(err) {
 		return fmt.Errorf("pod %s not found", id.NodeID())
 	}

@@ -2,8 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -64,26 +62,11 @@ func publish(t *testing.T, r *replica, ks *keyset.Keyset) {
 	}
 }
 
-// subscribe opens a raw SDS stream for "payments" as node.
+// subscribe opens a raw SDS stream for "payments" as node, without
+// credentials (the open servers of these tests need none).
 func subscribe(t *testing.T, addr, node string) secretservice.SecretDiscoveryService_StreamSecretsClient {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	st, err := secretservice.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := &discovery.DiscoveryRequest{Node: nodeProto(node), TypeUrl: xdsclient.SecretType, ResourceNames: []string{xds.ResourceName("payments")}}
-	// A refused stream fails Send with io.EOF; Recv returns the status.
-	if err := st.Send(req); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatal(err)
-	}
-	return st
+	return open(t, addr, "", node, "payments")
 }
 
 func wantUnavailable(t *testing.T, err error, msg string) {

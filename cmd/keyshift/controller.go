@@ -23,7 +23,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
-	"github.com/keyshift/keyshift/internal/audit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
@@ -56,7 +55,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	xdsTLSSecret := fs.String("xds-tls-secret", "keyshift-controller-tls", "Secret, in the controller's namespace, holding the xDS CA and serving certificate the controller manages")
 	xdsService := fs.String("xds-service", "keyshift-controller", "the xDS Service; the serving certificate names SERVICE.NAMESPACE.svc")
 	xdsCAConfigMap := fs.String("xds-ca-configmap", kube.DefaultCAConfigMap, "ConfigMap the controller writes its CA bundle into, in every namespace with keysets (the injector mounts it into sidecars)")
-	auditPath := fs.String("audit-log", "/var/lib/keyshift/audit.jsonl", "append-only audit trail (JSON lines, hash-chained)")
+	auditFlags := addAuditFlags(fs)
 	interval := fs.Duration("interval", 30*time.Second, "reconcile every keyset this often")
 	minPending := fs.Duration("min-pending-age", 90*time.Second, "least time a pending version waits before promotion, for pods that only mount the Secret (0 when every sidecar uses xDS)")
 	metrics := fs.String("metrics-addr", ":9496", "/healthz and /metrics")
@@ -101,12 +100,14 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		defer stop()
 		eng.Store, eng.Event, eng.Status = store, ev, store.SetStatus
 	}
-	trail, err := audit.Open(*auditPath)
+	auditKey, trail, err := auditFlags.setup(ctx, client, eng.KMS, &kmsPolicy, log)
 	if err != nil {
 		return err
 	}
-	defer trail.Close()
-	eng.Audit = trail
+	if trail != nil {
+		defer trail.Close()
+	}
+	eng.AuditKey, eng.Audit = auditKey, trail
 
 	term := leadTerm{eng: eng, interval: *interval, log: log}
 	if *xdsAddr != "" {
@@ -269,27 +270,4 @@ func loopbackAddr(addr string) bool {
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
-}
-
-func runAudit(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		fmt.Fprintln(stderr, "usage: keyshift audit verify --file PATH")
-		return errUsage
-	}
-	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-	file := fs.String("file", "/var/lib/keyshift/audit.jsonl", "audit trail to check")
-	if err := parse(fs, args[1:], stderr); err != nil {
-		return err
-	}
-	f, err := os.Open(*file)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	n, err := audit.Verify(f)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s: %d records, chain intact\n", *file, n)
-	return nil
 }

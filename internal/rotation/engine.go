@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,11 +66,19 @@ const DefaultAckTimeout = 5 * time.Minute
 // version's ACKs and promote it; rewrap under a new KEK version; retire
 // versions past retention; generate a new version when the primary is due.
 type Engine struct {
-	Store   Store
-	KMS     kms.Registry
-	Dist    Distributor // nil when readers only mount the Secret
-	Audit   *audit.Log  // nil disables the trail
-	Metrics *Metrics    // nil disables metrics
+	Store Store
+	KMS   kms.Registry
+	Dist  Distributor // nil when readers only mount the Secret
+	// AuditKey seals each step's record into its keyset's audit chain,
+	// which the Store (an AuditStore) keeps beside the keyset: a step's
+	// record and the new chain head are written in the same
+	// compare-and-swap as the step; a failed or blocked step's record by
+	// one of its own, once per situation. Each record is also logged whole
+	// ("audit_record") for the log pipeline. nil disables the trail.
+	AuditKey *audit.Key
+	// Audit, when set, gets a copy of each record (the --audit-log file).
+	Audit   *audit.Log
+	Metrics *Metrics // nil disables metrics
 	Log     *slog.Logger
 	// Actor names who acts in audit records.
 	Actor string
@@ -100,7 +109,8 @@ type Engine struct {
 	Status func(ctx context.Context, key string, out Outcome) error
 
 	mu         sync.Mutex
-	reported   map[string]string
+	reported   map[string]string // key -> the failure or block last audited
+	auditSeq   map[string]uint64 // key -> the newest record this engine stored
 	lastStatus map[string]string
 	wrappers   *kms.Cache
 }
@@ -141,6 +151,9 @@ func (e *Engine) now() time.Time {
 // under key (a file name, or namespace/name of a Secret).
 func (e *Engine) Reconcile(ctx context.Context, key string) (Outcome, error) {
 	out, err := e.reconcile(ctx, key)
+	if err == nil && (out.Action == "" || out.Action == "waiting") {
+		e.clearReported(key) // the failure or block is over: audit the next one
+	}
 	e.publishStatus(ctx, key, out)
 	return out, err
 }
@@ -176,7 +189,7 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 		return Outcome{}, err
 	}
 	if err := e.KMSPolicy.Check(e.scope(key), ks.KMS); err != nil {
-		return e.fail(key, ks, "kms-policy", nil, err)
+		return e.fail(ctx, key, ks, "kms-policy", nil, err)
 	}
 	if e.Dist != nil {
 		if err := e.Dist.Publish(ctx, e.scope(key), ks); err != nil {
@@ -186,7 +199,7 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	e.Metrics.observe(e.label(key, ks), ks, e.now())
 	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
-		return e.fail(key, ks, "open-kms", nil, err)
+		return e.fail(ctx, key, ks, "open-kms", nil, err)
 	}
 	now := e.now()
 	policy := keyset.Policy{}
@@ -199,11 +212,11 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	if st, ok := w.(kms.KEKStatus); ok {
 		cur, err := st.PrimaryKEKVersion(ctx)
 		if err != nil {
-			return e.fail(key, ks, "kek-status", nil, err)
+			return e.fail(ctx, key, ks, "kek-status", nil, err)
 		}
 		next, done, err := Rewrap(ctx, w, ks, cur)
 		if err != nil {
-			return e.fail(key, ks, "rewrap", nil, err)
+			return e.fail(ctx, key, ks, "rewrap", nil, err)
 		}
 		if len(done) > 0 {
 			return e.commit(ctx, key, next, rev, "rewrap", done, "KEK version is now "+cur)
@@ -214,7 +227,7 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 			if v.State == keyset.StateDecryptOnly && now.Sub(v.StateChangedAt) >= time.Duration(policy.Retention) {
 				next, err := ks.Retire(v.Version, now)
 				if err != nil {
-					return e.fail(key, ks, "retire", []uint32{v.Version}, err)
+					return e.fail(ctx, key, ks, "retire", []uint32{v.Version}, err)
 				}
 				return e.commit(ctx, key, next, rev, "retire", []uint32{v.Version}, "decrypt-only for longer than the retention of "+time.Duration(policy.Retention).String())
 			}
@@ -240,14 +253,14 @@ func (e *Engine) Rotate(ctx context.Context, key, reason string) (Outcome, error
 		return Outcome{}, err
 	}
 	if err := e.KMSPolicy.Check(e.scope(key), ks.KMS); err != nil {
-		return e.fail(key, ks, "kms-policy", nil, err)
+		return e.fail(ctx, key, ks, "kms-policy", nil, err)
 	}
 	if p := LatestPending(ks); p != 0 {
 		return Outcome{Action: "blocked", Versions: []uint32{p}, Reason: fmt.Sprintf("v%d is already pending", p)}, nil
 	}
 	w, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
-		return e.fail(key, ks, "open-kms", nil, err)
+		return e.fail(ctx, key, ks, "open-kms", nil, err)
 	}
 	return e.addPending(ctx, key, w, ks, rev, reason)
 }
@@ -263,20 +276,20 @@ func (e *Engine) MigrateKMS(ctx context.Context, key, uri, reason string) (Outco
 	}
 	for _, u := range []string{ks.KMS, uri} {
 		if err := e.KMSPolicy.Check(e.scope(key), u); err != nil {
-			return e.fail(key, ks, "kms-policy", nil, err)
+			return e.fail(ctx, key, ks, "kms-policy", nil, err)
 		}
 	}
 	from, err := e.wrapper(ctx, ks.KMS)
 	if err != nil {
-		return e.fail(key, ks, "open-kms", nil, err)
+		return e.fail(ctx, key, ks, "open-kms", nil, err)
 	}
 	to, err := e.wrapper(ctx, uri)
 	if err != nil {
-		return e.fail(key, ks, "open-kms", nil, err)
+		return e.fail(ctx, key, ks, "open-kms", nil, err)
 	}
 	next, err := MigrateKMS(ctx, from, to, ks, uri)
 	if err != nil {
-		return e.fail(key, ks, "migrate-kms", nil, err)
+		return e.fail(ctx, key, ks, "migrate-kms", nil, err)
 	}
 	var versions []uint32
 	for _, v := range next.Versions {
@@ -290,7 +303,7 @@ func (e *Engine) MigrateKMS(ctx context.Context, key, uri, reason string) (Outco
 func (e *Engine) addPending(ctx context.Context, key string, w kms.Wrapper, ks *keyset.Keyset, rev, reason string) (Outcome, error) {
 	next, err := AddVersion(ctx, w, ks, e.now())
 	if err != nil {
-		return e.fail(key, ks, "generate", []uint32{ks.NextVersion()}, err)
+		return e.fail(ctx, key, ks, "generate", []uint32{ks.NextVersion()}, err)
 	}
 	return e.commit(ctx, key, next, rev, "add-pending", []uint32{next.Latest()}, reason)
 }
@@ -312,13 +325,13 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 			}
 			sort.Strings(nodes)
 			msg := fmt.Sprintf("not promoting v%d: %d sidecar(s) refused it (%s)", p, len(nodes), strings.Join(nodes, "; "))
-			return e.block(key, ks, p, "nack", msg, msg)
+			return e.block(ctx, key, ks, p, "nack", msg, msg)
 		}
 		var expected []string
 		if e.Readers != nil {
 			var err error
 			if expected, err = e.Readers(ctx, key); err != nil {
-				return e.fail(key, ks, "list-readers", []uint32{p}, err)
+				return e.fail(ctx, key, ks, "list-readers", []uint32{p}, err)
 			}
 		}
 		rc := countReaders(expected, st, e.fileTrusted(v.CreatedAt, now))
@@ -329,7 +342,7 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 		}
 		if len(rc.waiting) > 0 {
 			if age > timeout {
-				return e.block(key, ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, rc.waiting),
+				return e.block(ctx, key, ks, p, "ack-timeout", fmt.Sprintf("ack-timeout v%d waiting for %v", p, rc.waiting),
 					fmt.Sprintf("not promoting v%d: after %s, %d of %d %s have not loaded it (%s)",
 						p, age.Round(time.Second), len(rc.waiting), rc.total, noun, nodeList(rc.waiting)))
 			}
@@ -360,7 +373,7 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 func (e *Engine) promote(ctx context.Context, key string, ks *keyset.Keyset, rev string, p uint32, now time.Time, reason string) (Outcome, error) {
 	next, err := ks.Promote(p, now)
 	if err != nil {
-		return e.fail(key, ks, "promote", []uint32{p}, err)
+		return e.fail(ctx, key, ks, "promote", []uint32{p}, err)
 	}
 	return e.commit(ctx, key, next, rev, "promote", []uint32{p}, reason)
 }
@@ -457,69 +470,174 @@ func toSet(xs []string) map[string]bool {
 	return m
 }
 
-// commit stores next, publishes it and records the step.
+// commit stores next with the step's audit record, publishes it and
+// reports the step.
 func (e *Engine) commit(ctx context.Context, key string, next *keyset.Keyset, rev, action string, versions []uint32, reason string) (Outcome, error) {
-	if _, err := e.Store.Put(ctx, key, next, rev); err != nil {
-		return e.fail(key, next, action, versions, err)
+	label := e.label(key, next)
+	rec := e.newRecord(label, action, versions, "ok", reason)
+	var trail *audit.Trail
+	var err error
+	if as := e.auditStore(); as != nil {
+		var t audit.Trail
+		if _, t, err = as.PutAudited(ctx, key, next, rev, e.AuditKey, rec); err == nil {
+			trail = &t
+		}
+	} else {
+		_, err = e.Store.Put(ctx, key, next, rev)
 	}
+	if err != nil {
+		return e.fail(ctx, key, next, action, versions, err)
+	}
+	e.emit(key, rec, trail, false)
 	if e.Dist != nil {
 		if err := e.Dist.Publish(ctx, e.scope(key), next); err != nil {
 			return Outcome{}, err
 		}
 	}
-	label := e.label(key, next)
-	e.record(label, action, versions, "ok", reason, false)
 	e.Metrics.step(label, action)
 	e.Metrics.observe(label, next, e.now())
-	e.clearReported(label)
+	e.clearReported(key)
 	return Outcome{Action: action, Versions: versions, Reason: reason}, nil
 }
 
-func (e *Engine) fail(key string, ks *keyset.Keyset, step string, versions []uint32, err error) (Outcome, error) {
+// fail reports a step that failed: audited and evented once per situation
+// (the step, its versions and the kind of error), so a KMS outage seen on
+// every pass is one record, not one every interval.
+func (e *Engine) fail(ctx context.Context, key string, ks *keyset.Keyset, step string, versions []uint32, err error) (Outcome, error) {
 	label := e.label(key, ks)
-	e.record(label, step, versions, "failed", err.Error(), true)
-	e.Metrics.failure(label, step, kms.Reason(err))
+	kind := kms.Reason(err)
+	situation := fmt.Sprintf("failed %s %v %s", step, versions, kind)
+	if kind == "other" {
+		situation += ": " + err.Error()
+	}
+	if e.firstReport(key, situation) {
+		if e.note(ctx, key, label, step, versions, "failed", err.Error()) {
+			e.setReported(key, situation)
+		}
+	} else {
+		e.Log.Warn("keyset lifecycle step failed again (audited once)", "keyset", label, "action", step, "versions", versions, "reason", err.Error())
+	}
+	e.Metrics.failure(label, step, kind)
 	return Outcome{Action: "blocked", Versions: versions, Reason: err.Error()}, err
 }
 
 // block reports a step that cannot go on: audited and evented once per
-// distinct situation (key), while the returned reason stays current.
-func (e *Engine) block(key string, ks *keyset.Keyset, v uint32, step, situation, reason string) (Outcome, error) {
+// distinct situation, while the returned reason stays current.
+func (e *Engine) block(ctx context.Context, key string, ks *keyset.Keyset, v uint32, step, situation, reason string) (Outcome, error) {
 	label := e.label(key, ks)
-	e.mu.Lock()
-	if e.reported == nil {
-		e.reported = map[string]string{}
-	}
-	repeat := e.reported[label] == situation
-	e.reported[label] = situation
-	e.mu.Unlock()
-	if !repeat {
-		e.record(label, step, []uint32{v}, "blocked", reason, true)
+	situation = "blocked " + step + " " + situation
+	if e.firstReport(key, situation) && e.note(ctx, key, label, step, []uint32{v}, "blocked", reason) {
+		e.setReported(key, situation)
 		e.Metrics.failure(label, step, step)
 	}
 	return Outcome{Action: "blocked", Versions: []uint32{v}, Reason: reason}, nil
 }
 
-func (e *Engine) clearReported(name string) {
+// firstReport reports whether situation is not the one last audited for key.
+func (e *Engine) firstReport(key, situation string) bool {
 	e.mu.Lock()
-	delete(e.reported, name)
+	defer e.mu.Unlock()
+	return e.reported[key] != situation
+}
+
+func (e *Engine) setReported(key, situation string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.reported == nil {
+		e.reported = map[string]string{}
+	}
+	e.reported[key] = situation
+}
+
+func (e *Engine) clearReported(key string) {
+	e.mu.Lock()
+	delete(e.reported, key)
 	e.mu.Unlock()
 }
 
-func (e *Engine) record(name, action string, versions []uint32, result, reason string, warning bool) {
+// auditStore is the store that keeps the trail, nil without an audit key.
+func (e *Engine) auditStore() AuditStore {
+	if e.AuditKey == nil {
+		return nil
+	}
+	as, _ := e.Store.(AuditStore)
+	return as
+}
+
+func (e *Engine) newRecord(label, action string, versions []uint32, result, reason string) audit.Record {
+	return audit.Record{Time: e.now(), Actor: e.Actor, Action: action, Keyset: label, Versions: versions, Result: result, Reason: reason}
+}
+
+// note records a step that changed nothing stored (a failure, a block)
+// with a compare-and-swap of its own, and reports whether it was stored
+// (always, without a trail). One that was not is retried on the next pass.
+func (e *Engine) note(ctx context.Context, key, label, action string, versions []uint32, result, reason string) bool {
+	rec := e.newRecord(label, action, versions, result, reason)
+	as := e.auditStore()
+	if as == nil {
+		e.emit(key, rec, nil, true)
+		return true
+	}
+	t, err := as.AppendAudit(ctx, key, e.AuditKey, rec)
+	if err != nil {
+		e.Log.Error("audit record not stored; retried on the next pass", "keyset", label, "action", action, "versions", versions, "result", result, "reason", reason, "err", err)
+		return false
+	}
+	e.emit(key, rec, &t, true)
+	return true
+}
+
+// emit reports a step whose record is stored (trail is the keyset's trail
+// as stored, nil without one): a log line carrying the sealed record, the
+// --audit-log copy and an Event. It checks the stored trail on the way, so
+// a trail edited between two steps is reported at the next one.
+func (e *Engine) emit(key string, rec audit.Record, trail *audit.Trail, warning bool) {
 	log := e.Log.Info
 	if warning {
 		log = e.Log.Warn
 	}
-	log("keyset lifecycle step", "keyset", name, "action", action, "versions", versions, "result", result, "reason", reason)
-	if e.Audit != nil {
-		if _, err := e.Audit.Append(audit.Record{Actor: e.Actor, Action: action, Keyset: name, Versions: versions, Result: result, Reason: reason}); err != nil {
-			e.Log.Error("audit write failed", "keyset", name, "err", err)
+	attrs := []any{"keyset", rec.Keyset, "action", rec.Action, "versions", rec.Versions, "result", rec.Result, "reason", rec.Reason}
+	if trail != nil {
+		sealed, _ := trail.Last()
+		line, err := json.Marshal(sealed)
+		if err != nil {
+			e.Log.Error("audit record not logged", "keyset", rec.Keyset, "err", err)
+		}
+		attrs = append(attrs, "seq", sealed.Seq, "audit_record", string(line))
+		e.checkTrail(key, sealed, *trail)
+		if e.Audit != nil {
+			if err := e.Audit.Write(*trail); err != nil {
+				e.Log.Error("audit file write failed", "keyset", rec.Keyset, "err", err)
+			}
+		}
+	} else if e.AuditKey != nil {
+		e.Log.Error("audit record not anchored: the store keeps no audit trail", "keyset", rec.Keyset)
+	}
+	log("keyset lifecycle step", attrs...)
+	if e.Event != nil {
+		e.Event(rec.Keyset, warning, rec.Action, fmt.Sprintf("%s %v: %s (%s)", rec.Action, rec.Versions, rec.Result, rec.Reason))
+	}
+}
+
+// checkTrail reports a stored trail that does not verify, and a chain
+// whose head went back behind a record this engine stored (the keyset's
+// Secret restored from an old copy, or its trail replaced).
+func (e *Engine) checkTrail(key string, sealed audit.Record, t audit.Trail) {
+	if err := e.AuditKey.VerifyTrail(sealed.Keyset, t); err != nil {
+		e.Log.Error("the keyset's stored audit trail does not verify: investigate (keyshift audit verify)", "keyset", sealed.Keyset, "err", err)
+		if e.Event != nil {
+			e.Event(sealed.Keyset, true, "audit-trail-broken", err.Error())
 		}
 	}
-	if e.Event != nil {
-		e.Event(name, warning, action, fmt.Sprintf("%s %v: %s (%s)", action, versions, result, reason))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.auditSeq == nil {
+		e.auditSeq = map[string]uint64{}
 	}
+	if prev, ok := e.auditSeq[key]; ok && sealed.Seq <= prev {
+		e.Log.Error("the keyset's audit chain went back: it was rolled back or replaced since this controller stored a later record", "keyset", sealed.Keyset, "seq", sealed.Seq, "stored_before", prev)
+	}
+	e.auditSeq[key] = sealed.Seq
 }
 
 // PublishAll hands every stored keyset to the distributor without taking

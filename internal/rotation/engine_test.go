@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -54,6 +55,7 @@ type rig struct {
 	store *FileStore
 	dist  *acks
 	trail string
+	key   *audit.Key
 	eng   *Engine
 }
 
@@ -61,7 +63,7 @@ func newRig(t *testing.T, policy *keyset.Policy) *rig {
 	dir := t.TempDir()
 	r := &rig{t: t, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), kek: local.New(filepath.Join(dir, "kek.json")),
 		store: &FileStore{Dir: filepath.Join(dir, "keysets")}, dist: &acks{published: map[string]*keyset.Keyset{}, acked: map[string]uint32{}, nacked: map[string]string{}, nodes: []string{"pod-a", "pod-b"}},
-		trail: filepath.Join(dir, "audit.jsonl")}
+		trail: filepath.Join(dir, "audit.jsonl"), key: testAuditKey(t)}
 	os.Mkdir(r.store.Dir, 0o755)
 	ks, err := Create(context.Background(), r.kek, "payments", "local://"+filepath.Join(dir, "kek.json"), r.now)
 	if err != nil {
@@ -81,11 +83,11 @@ func (r *rig) newEngine() *Engine {
 	if r.eng != nil && r.eng.Audit != nil {
 		r.eng.Audit.Close()
 	}
-	trail, err := audit.Open(r.trail)
+	trail, err := audit.OpenKeyed(r.trail, r.key)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return &Engine{Store: r.store, KMS: kms.Registry{local.Scheme: local.Open}, Dist: r.dist, Audit: trail,
+	return &Engine{Store: r.store, KMS: kms.Registry{local.Scheme: local.Open}, Dist: r.dist, Audit: trail, AuditKey: r.key,
 		Log: slog.New(slog.DiscardHandler), Actor: "test", Now: func() time.Time { return r.now }}
 }
 
@@ -150,18 +152,46 @@ func TestLifecycleWithFakeClock(t *testing.T) {
 			t.Fatalf("%s: the stored document was not published", s.name)
 		}
 	}
-	r.eng.Audit.Close()
-	f, _ := os.Open(r.trail)
-	defer f.Close()
-	n, err := audit.Verify(f)
+	// add-pending, ack-timeout, nack, promote, retire, rewrap: each audited once,
+	// in the store's trail and in the --audit-log file.
+	if got := r.auditActions(); !cmp.Equal(got, []string{"add-pending ok", "ack-timeout blocked", "nack blocked", "promote ok", "retire ok", "rewrap ok"}) {
+		t.Fatalf("audit records %v", got)
+	}
+}
+
+func testAuditKey(t *testing.T) *audit.Key {
+	t.Helper()
+	k, err := audit.NewKey([]byte("0123456789abcdef0123456789abcdef"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// add-pending, ack-timeout, nack, promote, retire, rewrap: each audited once.
-	if n != 6 {
-		b, _ := os.ReadFile(r.trail)
-		t.Fatalf("audit has %d records, want 6:\n%s", n, b)
+	return k
+}
+
+// auditActions verifies the keyset's stored trail, and the --audit-log
+// file against the stored head, and returns the stored records as
+// "action result".
+func (r *rig) auditActions() []string {
+	r.t.Helper()
+	ctx := context.Background()
+	st, err := r.store.AuditTrail(ctx, "payments")
+	if err != nil {
+		r.t.Fatal(err)
 	}
+	tr, err := r.key.VerifyStored(st.Keyset, st.Records, st.Head)
+	if err != nil {
+		r.t.Fatalf("stored trail: %v\n%s", err, st.Records)
+	}
+	r.eng.Audit.Close()
+	b, _ := os.ReadFile(r.trail)
+	if _, err := audit.VerifyLog(bytes.NewReader(b), r.key, map[string]audit.Head{st.Keyset: tr.Head}); err != nil {
+		r.t.Fatalf("--audit-log file: %v\n%s", err, b)
+	}
+	var out []string
+	for _, rec := range tr.Records {
+		out = append(out, rec.Action+" "+rec.Result)
+	}
+	return out
 }
 
 func mustGet(t *testing.T, r *rig) *keyset.Keyset {
@@ -263,10 +293,7 @@ func TestStatusPublishedOnChange(t *testing.T) {
 		t.Fatalf("statuses (-want +got):\n%s", diff)
 	}
 	// The audit trail records the blocked promotion once, not once a pass.
-	r.eng.Audit.Close()
-	f, _ := os.Open(r.trail)
-	defer f.Close()
-	if n, err := audit.Verify(f); err != nil || n != 2 {
-		t.Fatalf("audit has %d records (%v), want add-pending and one ack-timeout", n, err)
+	if got := r.auditActions(); !cmp.Equal(got, []string{"add-pending ok", "ack-timeout blocked"}) {
+		t.Fatalf("audit records %v, want add-pending and one ack-timeout", got)
 	}
 }

@@ -45,7 +45,7 @@ func startReplica(t *testing.T, client kubernetes.Interface, id, dir string) *re
 	}
 	store := &kube.SecretStore{Client: client, Namespace: "payments"}
 	ev, stopEvents := store.Events(log)
-	eng := &rotation.Engine{Store: store, KMS: kms.Registry{local.Scheme: local.Open}, Audit: trail,
+	eng := &rotation.Engine{Store: store, KMS: kms.Registry{local.Scheme: local.Open}, Audit: trail, AuditKey: e2eAuditKey(t),
 		Log: log, Actor: "controller/" + id, Event: ev, Status: store.SetStatus}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -58,6 +58,16 @@ func startReplica(t *testing.T, client kubernetes.Interface, id, dir string) *re
 	}()
 	t.Cleanup(func() { cancel(); <-r.done })
 	return r
+}
+
+// e2eAuditKey is the audit key both replicas share (the controller keeps
+// it in a Secret of its namespace).
+func e2eAuditKey(t *testing.T) *audit.Key {
+	k, err := audit.NewKey(bytes.Repeat([]byte{1}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func (r *replica) records(t *testing.T) []audit.Record {
@@ -152,6 +162,14 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 		if rec.Action == "add-pending" && rec.Result == "ok" {
 			adds++
 		}
+	}
+	// One chain in the Secret across both leaders, anchored by its head.
+	st, err := store.AuditTrail(ctx, "payments/keyset-payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e2eAuditKey(t).VerifyStored(st.Keyset, st.Records, st.Head); err != nil {
+		t.Fatalf("the Secret's audit trail: %v", err)
 	}
 	for i, v := range got.Versions {
 		if v.Version != uint32(i+1) {

@@ -214,13 +214,26 @@ func (s *SecretStore) Get(ctx context.Context, key string) (*keyset.Keyset, stri
 	return ks, sec.ResourceVersion, nil
 }
 
-// Put updates the Secret if it is still at rev.
+// Put updates the Secret if it is still at rev. Its audit trail is left
+// as it is (a step taken by hand, `keyshift keyset`, is not the
+// controller's to record).
 func (s *SecretStore) Put(ctx context.Context, key string, ks *keyset.Keyset, rev string) (string, error) {
-	ns, name, err := splitKey(key)
+	b, err := ks.Marshal()
 	if err != nil {
 		return "", err
 	}
-	b, err := ks.Marshal()
+	return s.update(ctx, key, rev, func(sec *corev1.Secret) error {
+		sec.Data[DataKey] = b
+		return nil
+	})
+}
+
+// update reads the Secret, checks it is still at rev ("" takes any),
+// applies change and writes it back at the resourceVersion it read: the
+// API server refuses the write (ErrConflict) if it changed meanwhile, so
+// nothing change made is stored unless all of it is.
+func (s *SecretStore) update(ctx context.Context, key, rev string, change func(*corev1.Secret) error) (string, error) {
+	ns, name, err := splitKey(key)
 	if err != nil {
 		return "", err
 	}
@@ -228,13 +241,15 @@ func (s *SecretStore) Put(ctx context.Context, key string, ks *keyset.Keyset, re
 	if err != nil {
 		return "", fmt.Errorf("kube: get Secret %s: %w", key, err)
 	}
-	if sec.ResourceVersion != rev {
+	if rev != "" && sec.ResourceVersion != rev {
 		return "", fmt.Errorf("%w: Secret %s is at %s, read at %s", rotation.ErrConflict, key, sec.ResourceVersion, rev)
 	}
 	if sec.Data == nil {
 		sec.Data = map[string][]byte{}
 	}
-	sec.Data[DataKey] = b
+	if err := change(sec); err != nil {
+		return "", err
+	}
 	out, err := s.Client.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{})
 	if apierrors.IsConflict(err) {
 		return "", fmt.Errorf("%w: %s", rotation.ErrConflict, key)

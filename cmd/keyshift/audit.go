@@ -182,6 +182,9 @@ func runAudit(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		h = audit.KeyFile{Path: *keyFile}
 	case *file != "" && *secret == "" && exists(beside):
 		h = audit.KeyFile{Path: beside}
+	case *dir != "":
+		fmt.Fprintf(stderr, "with --keyset-dir, give --audit-key-file (the controller's; by default %s beside its --audit-log)\n", auditKeyFileName)
+		return errUsage
 	default:
 		ns, name, ok := strings.Cut(*keySecret, "/")
 		if !ok {

@@ -76,7 +76,7 @@ func (s *SecretStore) PutAudited(ctx context.Context, key string, ks *keyset.Key
 func (s *SecretStore) AppendAudit(ctx context.Context, key string, k *audit.Key, rec audit.Record) (audit.Trail, error) {
 	for range 5 {
 		var t audit.Trail
-		_, err := s.update(ctx, key, "", func(sec *corev1.Secret) error {
+		_, err := s.update(ctx, key, anyRevision, func(sec *corev1.Secret) error {
 			t = trailOf(sec)
 			if _, err := t.Append(k, rec); err != nil {
 				return err

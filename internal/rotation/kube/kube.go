@@ -228,10 +228,14 @@ func (s *SecretStore) Put(ctx context.Context, key string, ks *keyset.Keyset, re
 	})
 }
 
-// update reads the Secret, checks it is still at rev ("" takes any),
-// applies change and writes it back at the resourceVersion it read: the
-// API server refuses the write (ErrConflict) if it changed meanwhile, so
-// nothing change made is stored unless all of it is.
+// anyRevision is update's rev for a change that does not depend on the
+// document (an audit record of a failed step).
+const anyRevision = "*"
+
+// update reads the Secret, checks it is still at rev (or takes any with
+// anyRevision), applies change and writes it back at the resourceVersion
+// it read: the API server refuses the write (ErrConflict) if it changed
+// meanwhile, so nothing change made is stored unless all of it is.
 func (s *SecretStore) update(ctx context.Context, key, rev string, change func(*corev1.Secret) error) (string, error) {
 	ns, name, err := splitKey(key)
 	if err != nil {
@@ -241,7 +245,7 @@ func (s *SecretStore) update(ctx context.Context, key, rev string, change func(*
 	if err != nil {
 		return "", fmt.Errorf("kube: get Secret %s: %w", key, err)
 	}
-	if rev != "" && sec.ResourceVersion != rev {
+	if rev != anyRevision && sec.ResourceVersion != rev {
 		return "", fmt.Errorf("%w: Secret %s is at %s, read at %s", rotation.ErrConflict, key, sec.ResourceVersion, rev)
 	}
 	if sec.Data == nil {

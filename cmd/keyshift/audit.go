@@ -67,10 +67,11 @@ func (f *controllerAuditFlags) setup(ctx context.Context, client kubernetes.Inte
 	if f.kms == "" {
 		log.Warn("no --audit-kms: the audit key is kept unwrapped, so whoever can read "+h.String()+" can forge audit records; give the controller a KMS key of its own with --audit-kms", "audit_key", h.String())
 	} else if policy != nil {
+		policy.Reserved = append(policy.Reserved, f.kms)
 		for ns, prefixes := range policy.Allow {
 			for _, p := range prefixes {
 				if strings.HasPrefix(f.kms, p) {
-					log.Warn("--audit-kms is a KMS key that keysets may name (--allow-kms "+ns+"="+p+"): the audit key should be under a key no pod's KMS role may use", "namespace", ns)
+					log.Warn("--audit-kms is a KMS key that keysets may name (--allow-kms "+ns+"="+p+"): the audit key should be under a key no pod's KMS role may use; keysets naming that exact key are refused", "namespace", ns)
 				}
 			}
 		}

@@ -33,7 +33,7 @@ func commands() []command {
 		{"keyset", "create|rotate|promote|retire|show a keyset file or Secret", runKeyset},
 		{"controller", "rotate keysets on schedule and push them to sidecars over xDS", runController},
 		{"injector", "serve the mutating admission webhook that injects the sidecar", runInjector},
-		{"audit", "verify the controller's hash-chained audit trail", runAudit},
+		{"audit", "verify the controller's keyed, anchored audit trail", runAudit},
 		{"demo", "run everything on this machine: sidecar, traffic, live rotation", runDemo},
 		{"bench", "load a running sidecar: throughput, latency, errors, RSS/CPU, vs a baseline", runBench},
 		{"bench-echo", "serve the bench baseline on a socket (started by bench)", runBenchEcho},

@@ -19,6 +19,10 @@ type KMSPolicy struct {
 	// Allow maps a namespace ("*" for every namespace) to URI prefixes.
 	// Empty: every URI but local:// (see Cluster).
 	Allow map[string][]string
+	// Reserved are KMS URIs no keyset may name, whatever Allow says: the
+	// controller's audit key is wrapped under one, and a keyset naming it
+	// would let pods' KMS roles reach it.
+	Reserved []string
 	// Cluster refuses local:// unless a prefix allows it explicitly: a
 	// file KEK inside a controller pod is neither shared with the
 	// sidecars nor durable.
@@ -43,6 +47,11 @@ func (p *KMSPolicy) ParseAllowKMS(v string) error {
 func (p *KMSPolicy) Check(scope, uri string) error {
 	if p == nil {
 		return nil
+	}
+	for _, r := range p.Reserved {
+		if redactURI(uri) == redactURI(r) {
+			return fmt.Errorf("%w: %s is the controller's audit KMS key (--audit-kms); no keyset may use it", ErrKMSNotAllowed, redactURI(uri))
+		}
 	}
 	if len(p.Allow) == 0 {
 		if p.Cluster && strings.HasPrefix(uri, "local:") {

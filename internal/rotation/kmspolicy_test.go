@@ -33,6 +33,7 @@ func TestKMSPolicyCheck(t *testing.T) {
 		{"local not listed", &p, "shop", "local:///k", false},
 		{"cluster without a list: local refused", &cluster, "shop", "local:///k", false},
 		{"cluster without a list: a KMS allowed", &cluster, "shop", "aws-kms:///arn:aws:kms:eu-west-2:1:key/x", true},
+		{"the audit KMS key", &KMSPolicy{Reserved: []string{"aws-kms:///arn:aws:kms:eu-west-2:1:key/audit"}}, "shop", "aws-kms:///arn:aws:kms:eu-west-2:1:key/audit", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

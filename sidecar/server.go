@@ -67,6 +67,9 @@ type Config struct {
 	// KMSPoll asks the KMS for the KEK's primary version this often and
 	// rereads the keyset when it changes (0 disables).
 	KMSPoll time.Duration
+	// UsageInterval is how often the aggregated key usage records are
+	// written to the log (1m when zero).
+	UsageInterval time.Duration
 	// DroppedKeyGrace is how long the key of a version that left the
 	// keyring (disabled, destroyed) is kept before it is wiped from
 	// memory, for calls still running on the previous keyring (1m when
@@ -97,6 +100,9 @@ func (c *Config) defaults() error {
 	}
 	if c.DroppedKeyGrace <= 0 {
 		c.DroppedKeyGrace = time.Minute
+	}
+	if c.UsageInterval <= 0 {
+		c.UsageInterval = time.Minute
 	}
 	if c.KMS == nil {
 		return errors.New("sidecar: no KMS registry")
@@ -214,6 +220,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		run(func() { _ = ms.Serve(metricsL) })
 	}
+	run(func() { s.usageLoop(ctx) })
 	if cfg.XDSAddr != "" {
 		xc := &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log,
 			CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TokenFile: cfg.XDSTokenFile, Insecure: cfg.XDSInsecure}
@@ -424,6 +431,35 @@ func (s *Server) opsHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// usageLoop writes the key usage records every UsageInterval, and the
+// last partial interval when the sidecar stops. The log is the durable
+// sink: one structured line per caller, keyset, version and operation,
+// collected by the cluster's log pipeline.
+func (s *Server) usageLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.UsageInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.writeUsage(time.Now())
+			return
+		case now := <-t.C:
+			s.writeUsage(now)
+		}
+	}
+}
+
+func (s *Server) writeUsage(now time.Time) {
+	for _, r := range s.svc.usage.flush(now) {
+		attrs := []any{"pod", s.cfg.NodeID, "peer_uid", r.PeerUID, "keyset", r.Keyset, "version", r.Version, "op", r.Op,
+			"ok", r.OK, "from", r.From.UTC().Format(time.RFC3339), "to", r.To.UTC().Format(time.RFC3339)}
+		if len(r.Failed) > 0 {
+			attrs = append(attrs, "failed", r.Failed)
+		}
+		s.log.Info("key usage", attrs...)
+	}
 }
 
 // stopGRPC lets in-flight calls finish for up to grace, then cuts the rest.

@@ -22,6 +22,7 @@ type Service struct {
 	metrics  *Metrics
 	log      *slog.Logger
 	required map[string]bool
+	usage    *usage // nil: not recorded
 }
 
 // Sealed is the result of Encrypt or Rewrap.
@@ -47,7 +48,7 @@ func newService(ring *holder, keysets []string, m *Metrics, log *slog.Logger) *S
 	for _, k := range ks {
 		req[k] = true
 	}
-	return &Service{ring: ring, keysets: ks, rand: rand.Reader, metrics: m, log: log, required: req}
+	return &Service{ring: ring, keysets: ks, rand: rand.Reader, metrics: m, log: log, required: req, usage: newUsage(time.Now())}
 }
 
 func (s *Service) observe(op string, start time.Time, err error) {
@@ -62,7 +63,29 @@ func (s *Service) observe(op string, start time.Time, err error) {
 func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c map[string]string) (res Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("encrypt", start, err) }()
-	return s.encrypt(name, plaintext, c)
+	res, err = s.encrypt(name, plaintext, c)
+	s.recordSeal(callerUID(ctx), "encrypt", name, res, err)
+	return res, err
+}
+
+// recordSeal counts an encrypt (the version it sealed under) or a rewrap
+// (the version it opened) in the usage records.
+func (s *Service) recordSeal(uid int64, op, name string, res Sealed, err error) {
+	k := usageKey{peer: uid, keyset: res.Keyset, version: res.Version, op: op}
+	if op == "rewrap" {
+		k.version = res.FromVersion
+	}
+	if k.keyset == "" {
+		k.keyset = name
+	}
+	s.usage.add(k, reason(err))
+}
+
+// recordOpen counts a decrypt, or a failed rewrap, by the key version its
+// ciphertext names.
+func (s *Service) recordOpen(uid int64, op string, ciphertext []byte, err error) {
+	ks, v := keyOf(ciphertext)
+	s.usage.add(usageKey{peer: uid, keyset: ks, version: v, op: op}, reason(err))
 }
 
 func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (Sealed, error) {
@@ -98,7 +121,9 @@ func (s *Service) lookup(name string) (*ringSet, error) {
 func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res Opened, err error) {
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
-	return s.decrypt(ciphertext, c)
+	res, err = s.decrypt(ciphertext, c)
+	s.recordOpen(callerUID(ctx), "decrypt", ciphertext, err)
+	return res, err
 }
 
 func (s *Service) decrypt(ciphertext []byte, c map[string]string) (Opened, error) {
@@ -135,7 +160,13 @@ func (s *Service) keyFor(ciphertext []byte) (*envelope.Key, error) {
 func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
-	return s.rewrap(ciphertext, c)
+	res, err = s.rewrap(ciphertext, c)
+	if err != nil {
+		s.recordOpen(callerUID(ctx), "rewrap", ciphertext, err)
+	} else {
+		s.recordSeal(callerUID(ctx), "rewrap", "", res, nil)
+	}
+	return res, err
 }
 
 func (s *Service) rewrap(ciphertext []byte, c map[string]string) (Sealed, error) {
@@ -186,9 +217,11 @@ func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []
 		return nil, nil, err
 	}
 	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
 		s.metrics.item("encrypt_batch", errs[i])
+		s.recordSeal(uid, "encrypt", it.Keyset, out[i], errs[i])
 	}
 	return out, errs, nil
 }
@@ -201,9 +234,11 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []O
 		return nil, nil, err
 	}
 	out, errs = make([]Opened, len(items)), make([]error, len(items))
+	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
 		s.metrics.item("decrypt_batch", errs[i])
+		s.recordOpen(uid, "decrypt", it.Ciphertext, errs[i])
 	}
 	return out, errs, nil
 }
@@ -216,9 +251,15 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []Se
 		return nil, nil, err
 	}
 	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
 		s.metrics.item("rewrap_batch", errs[i])
+		if errs[i] != nil {
+			s.recordOpen(uid, "rewrap", it.Ciphertext, errs[i])
+		} else {
+			s.recordSeal(uid, "rewrap", "", out[i], nil)
+		}
 	}
 	return out, errs, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"sort"
 	"strings"
 	"sync"
@@ -152,29 +153,31 @@ func readsSecret(pod *corev1.Pod, secret string) bool {
 	if _, injected := pod.Annotations[annotation.Status]; !injected {
 		return false
 	}
-	for _, s := range keysetSecrets(pod.Annotations[annotation.Keysets]) {
-		if s == secret {
+	for _, s := range keysetRefs(pod.Annotations[annotation.Keysets]) {
+		if s != "" && s == secret {
 			return true
 		}
 	}
 	return false
 }
 
-// keysetSecrets returns the Secret names in a keyshift.io/keysets value:
-// "NAME" or "NAME=SECRET", comma-separated; SECRET defaults to NAME. The
-// injector has validated the value of every pod it injected.
-func keysetSecrets(v string) []string {
-	var out []string
-	for item := range strings.SplitSeq(v, ",") {
-		name, secret, ok := strings.Cut(strings.TrimSpace(item), "=")
-		if !ok {
-			secret = name
-		}
-		if secret = strings.TrimSpace(secret); secret != "" {
-			out = append(out, secret)
+// keysetRefs yields each keyset name and its Secret in a
+// keyshift.io/keysets value: "NAME" or "NAME=SECRET", comma-separated;
+// SECRET defaults to NAME. The injector has validated the value of every
+// pod it injected; both the readers of a Secret and the keysets a pod may
+// read over xDS come from this one parse.
+func keysetRefs(v string) iter.Seq2[string, string] {
+	return func(yield func(name, secret string) bool) {
+		for item := range strings.SplitSeq(v, ",") {
+			name, secret, ok := strings.Cut(strings.TrimSpace(item), "=")
+			if !ok {
+				secret = name
+			}
+			if !yield(strings.TrimSpace(name), strings.TrimSpace(secret)) {
+				return
+			}
 		}
 	}
-	return out
 }
 
 // slimPod keeps of a pod only what readsSecret needs (and what the cache

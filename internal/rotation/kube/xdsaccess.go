@@ -159,21 +159,10 @@ func (a *XDSAccess) Authorize(ctx context.Context, id xds.Identity, keyset strin
 	if _, injected := pod.Annotations[annotation.Status]; !injected {
 		return fmt.Errorf("pod %s was not injected by keyshift", id.NodeID())
 	}
-	if !slices.Contains(keysetNames(pod.Annotations[annotation.Keysets]), keyset) {
-		return fmt.Errorf("its %s annotation does not name keyset %s", annotation.Keysets, keyset)
-	}
-	return nil
-}
-
-// keysetNames returns the keyset names in a keyshift.io/keysets value
-// ("NAME" or "NAME=SECRET", comma-separated).
-func keysetNames(v string) []string {
-	var out []string
-	for item := range strings.SplitSeq(v, ",") {
-		name, _, _ := strings.Cut(strings.TrimSpace(item), "=")
-		if name = strings.TrimSpace(name); name != "" {
-			out = append(out, name)
+	for name := range keysetRefs(pod.Annotations[annotation.Keysets]) {
+		if name != "" && name == keyset {
+			return nil
 		}
 	}
-	return out
+	return fmt.Errorf("its %s annotation does not name keyset %s", annotation.Keysets, keyset)
 }

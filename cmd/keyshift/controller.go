@@ -27,6 +27,7 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 	"github.com/keyshift/keyshift/internal/xds"
+	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 )
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
@@ -129,7 +130,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		}
 		switch *xdsAuth {
 		case "none":
-			if client != nil || !loopbackAddr(*xdsAddr) {
+			if client != nil || !xdsclient.Loopback(*xdsAddr) {
 				return errors.New("--xds-auth=none serves every keyset to whoever connects: it is only for --keyset-dir with a loopback --xds-addr such as 127.0.0.1:18000")
 			}
 			log.Warn("xDS without authentication, on loopback only", "addr", *xdsAddr)
@@ -255,16 +256,6 @@ func (t leadTerm) publishAll(ctx context.Context) bool {
 		case <-time.After(2 * time.Second):
 		}
 	}
-}
-
-// loopbackAddr reports whether a listen address is on loopback only.
-func loopbackAddr(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 func hostname() string {

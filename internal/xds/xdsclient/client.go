@@ -193,7 +193,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 // clear or unauthenticated over a network.
 func (c *Client) CheckSecurity() error {
 	if c.Insecure {
-		if !loopback(c.Addr) {
+		if !Loopback(c.Addr) {
 			return fmt.Errorf("xds: refusing an insecure connection to %s: only loopback and unix:// addresses may go without TLS and a token", c.Addr)
 		}
 		return nil
@@ -204,8 +204,10 @@ func (c *Client) CheckSecurity() error {
 	return nil
 }
 
-// loopback reports whether addr stays on this host.
-func loopback(addr string) bool {
+// Loopback reports whether addr (host:port, or unix://) stays on this
+// host: the only addresses keysets may travel to without TLS and a token,
+// for the controller's listener as for the sidecar's dial.
+func Loopback(addr string) bool {
 	if strings.HasPrefix(addr, "unix:") {
 		return true
 	}

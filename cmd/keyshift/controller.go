@@ -147,13 +147,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 				}
 			}
 			cert, err := startXDSCert(ctx, client, envOr("POD_NAMESPACE", "keyshift-system"), *xdsTLSSecret, *xdsService, log,
-				func(ctx context.Context, bundle []byte) error {
-					nss, err := store.KeysetNamespaces(ctx)
-					if err != nil {
-						return err
-					}
-					return pub.SetBundle(ctx, bundle, nss)
-				})
+				pub.SetBundle)
 			if err != nil {
 				return err
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -26,52 +25,50 @@ const (
 	CABundleKey        = "ca.crt"
 )
 
-// PublishCA writes bundle into ConfigMap name in each of namespaces,
-// creating or updating it only where it differs, and leaves every other
-// ConfigMap alone. Errors of single namespaces are joined; the others are
-// still written.
-func PublishCA(ctx context.Context, c kubernetes.Interface, name string, namespaces []string, bundle []byte) error {
-	var errs []error
-	for _, ns := range namespaces {
-		cms := c.CoreV1().ConfigMaps(ns)
-		cm, err := cms.Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			_, err = cms.Create(ctx, &corev1.ConfigMap{
-				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{
-					"app.kubernetes.io/managed-by": "keyshift-controller", "app.kubernetes.io/part-of": "keyshift",
-				}},
-				Data: map[string]string{CABundleKey: string(bundle)},
-			}, metav1.CreateOptions{FieldManager: "keyshift-controller"})
-			if apierrors.IsAlreadyExists(err) {
-				err = nil // another replica made it; the next pass checks it
-			}
-		case err != nil:
-		case cm.Labels["app.kubernetes.io/managed-by"] != "keyshift-controller":
-			err = fmt.Errorf("ConfigMap exists but is not keyshift's (no label app.kubernetes.io/managed-by=keyshift-controller); delete it")
-		case !bytes.Equal([]byte(cm.Data[CABundleKey]), bundle):
-			upd := cm.DeepCopy()
-			if upd.Data == nil {
-				upd.Data = map[string]string{}
-			}
-			upd.Data[CABundleKey] = string(bundle)
-			_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "keyshift-controller"})
-			if apierrors.IsConflict(err) {
-				err = nil
-			}
+// publishCA writes bundle into ConfigMap name of namespace ns, creating
+// or updating it only where it differs, and never touches a ConfigMap
+// that is not keyshift's.
+func publishCA(ctx context.Context, c kubernetes.Interface, name, ns string, bundle []byte) error {
+	cms := c.CoreV1().ConfigMaps(ns)
+	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = cms.Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{
+				"app.kubernetes.io/managed-by": "keyshift-controller", "app.kubernetes.io/part-of": "keyshift",
+			}},
+			Data: map[string]string{CABundleKey: string(bundle)},
+		}, metav1.CreateOptions{FieldManager: "keyshift-controller"})
+		if apierrors.IsAlreadyExists(err) {
+			err = nil // another replica made it; the next pass checks it
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("kube: CA bundle ConfigMap %s/%s: %w", ns, name, err))
+	case err != nil:
+	case cm.Labels["app.kubernetes.io/managed-by"] != "keyshift-controller":
+		err = fmt.Errorf("ConfigMap exists but is not keyshift's (no label app.kubernetes.io/managed-by=keyshift-controller); delete it")
+	case !bytes.Equal([]byte(cm.Data[CABundleKey]), bundle):
+		upd := cm.DeepCopy()
+		if upd.Data == nil {
+			upd.Data = map[string]string{}
+		}
+		upd.Data[CABundleKey] = string(bundle)
+		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "keyshift-controller"})
+		if apierrors.IsConflict(err) {
+			err = nil
 		}
 	}
-	return errors.Join(errs...)
+	if err != nil {
+		return fmt.Errorf("kube: CA bundle ConfigMap %s/%s: %w", ns, name, err)
+	}
+	return nil
 }
 
 // CAPublisher keeps the CA bundle ConfigMap in every namespace with
-// keysets: at once in all of them when the bundle changes, and in a
-// namespace as soon as it is seen with a keyset (SecretStore.Listed), so
-// sidecars of a new namespace need not wait for the certificate's next
-// check. It remembers what it wrote and checks again every Recheck.
+// keysets: in a namespace as soon as it is seen with a keyset (Ensure,
+// from SecretStore.Listed), so sidecars of a new namespace need not wait
+// for the certificate's next check, and at once in every namespace seen
+// when the bundle changes (SetBundle). It remembers what it wrote and
+// checks again every Recheck. Only the replica that lists keysets (the
+// leader) sees namespaces; on the others SetBundle has nothing to do.
 type CAPublisher struct {
 	Client  kubernetes.Interface
 	Name    string        // DefaultCAConfigMap when empty
@@ -79,20 +76,24 @@ type CAPublisher struct {
 
 	mu     sync.Mutex
 	bundle []byte
+	seen   []string             // the namespaces with keysets at the last Ensure
 	done   map[string]time.Time // namespace -> when bundle was last ensured there
 }
 
-// SetBundle publishes bundle into namespaces (all namespaces with keysets).
-func (p *CAPublisher) SetBundle(ctx context.Context, bundle []byte, namespaces []string) error {
+// SetBundle makes bundle the one to publish, and publishes it into every
+// namespace seen with keysets.
+func (p *CAPublisher) SetBundle(ctx context.Context, bundle []byte) error {
 	p.mu.Lock()
 	if !bytes.Equal(p.bundle, bundle) {
 		p.bundle, p.done = bytes.Clone(bundle), map[string]time.Time{}
 	}
+	seen := p.seen
 	p.mu.Unlock()
-	return p.Ensure(ctx, namespaces)
+	return p.Ensure(ctx, seen)
 }
 
-// Ensure publishes the bundle into those of namespaces not checked lately.
+// Ensure records namespaces as those with keysets and publishes the
+// bundle into each not checked lately.
 func (p *CAPublisher) Ensure(ctx context.Context, namespaces []string) error {
 	recheck := p.Recheck
 	if recheck <= 0 {
@@ -103,6 +104,7 @@ func (p *CAPublisher) Ensure(ctx context.Context, namespaces []string) error {
 		name = DefaultCAConfigMap
 	}
 	p.mu.Lock()
+	p.seen = namespaces
 	bundle := p.bundle
 	var due []string
 	for _, ns := range namespaces {
@@ -116,7 +118,7 @@ func (p *CAPublisher) Ensure(ctx context.Context, namespaces []string) error {
 	}
 	var errs []error
 	for _, ns := range due {
-		if err := PublishCA(ctx, p.Client, name, []string{ns}, bundle); err != nil {
+		if err := publishCA(ctx, p.Client, name, ns, bundle); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -127,19 +129,4 @@ func (p *CAPublisher) Ensure(ctx context.Context, namespaces []string) error {
 		p.mu.Unlock()
 	}
 	return errors.Join(errs...)
-}
-
-// KeysetNamespaces returns the namespaces of the keyset Secrets the store
-// manages, sorted.
-func (s *SecretStore) KeysetNamespaces(ctx context.Context) ([]string, error) {
-	keys, err := s.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, k := range keys {
-		out = append(out, s.Scope(k))
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
 }

@@ -140,7 +140,10 @@ func TestCAPublisher(t *testing.T) {
 		}
 		return cm.Data[CABundleKey]
 	}
-	err := p.SetBundle(ctx, []byte("ca-1"), []string{"shop", "bank"})
+	if err := p.Ensure(ctx, []string{"shop", "bank"}); err != nil || !strings.Contains(get("shop"), "not found") {
+		t.Fatalf("Ensure before any bundle wrote %q (%v)", get("shop"), err)
+	}
+	err := p.SetBundle(ctx, []byte("ca-1"))
 	if err == nil || !strings.Contains(err.Error(), "not keyshift's") {
 		t.Fatalf("SetBundle over a foreign ConfigMap = %v", err)
 	}
@@ -150,7 +153,7 @@ func TestCAPublisher(t *testing.T) {
 	if err := p.Ensure(ctx, []string{"shop", "new"}); err != nil || get("new") != "ca-1" {
 		t.Fatalf("a namespace seen later: %q, %v", get("new"), err)
 	}
-	if err := p.SetBundle(ctx, []byte("ca-1\nca-2"), []string{"shop", "new"}); err != nil || get("shop") != "ca-1\nca-2" || get("new") != "ca-1\nca-2" {
+	if err := p.SetBundle(ctx, []byte("ca-1\nca-2")); err != nil || get("shop") != "ca-1\nca-2" || get("new") != "ca-1\nca-2" {
 		t.Fatalf("a renewed bundle: shop %q, new %q, %v", get("shop"), get("new"), err)
 	}
 }

@@ -81,6 +81,16 @@ func (s *Service) recordSeal(uid int64, op, name string, res Sealed, err error) 
 	s.usage.add(k, reason(err))
 }
 
+// recordRewrap counts a rewrap by the version it opened, which a failed
+// one knows only from the ciphertext.
+func (s *Service) recordRewrap(uid int64, ciphertext []byte, res Sealed, err error) {
+	if err != nil {
+		s.recordOpen(uid, "rewrap", ciphertext, err)
+		return
+	}
+	s.recordSeal(uid, "rewrap", "", res, nil)
+}
+
 // recordOpen counts a decrypt, or a failed rewrap, by the key version its
 // ciphertext names.
 func (s *Service) recordOpen(uid int64, op string, ciphertext []byte, err error) {
@@ -161,11 +171,7 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
 	res, err = s.rewrap(ciphertext, c)
-	if err != nil {
-		s.recordOpen(callerUID(ctx), "rewrap", ciphertext, err)
-	} else {
-		s.recordSeal(callerUID(ctx), "rewrap", "", res, nil)
-	}
+	s.recordRewrap(callerUID(ctx), ciphertext, res, err)
 	return res, err
 }
 
@@ -255,11 +261,7 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []Se
 	for i, it := range items {
 		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
 		s.metrics.item("rewrap_batch", errs[i])
-		if errs[i] != nil {
-			s.recordOpen(uid, "rewrap", it.Ciphertext, errs[i])
-		} else {
-			s.recordSeal(uid, "rewrap", "", out[i], nil)
-		}
+		s.recordRewrap(uid, it.Ciphertext, out[i], errs[i])
 	}
 	return out, errs, nil
 }

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"maps"
 	"slices"
@@ -96,27 +97,9 @@ func (u *usage) flush(now time.Time) []UsageRecord {
 		out = append(out, UsageRecord{From: from, To: now, PeerUID: k.peer, Keyset: k.keyset, Version: k.version, Op: k.op, OK: c.ok, Failed: maps.Clone(c.failed)})
 	}
 	slices.SortFunc(out, func(a, b UsageRecord) int {
-		switch {
-		case a.Keyset != b.Keyset:
-			return compare(a.Keyset, b.Keyset)
-		case a.Version != b.Version:
-			return compare(a.Version, b.Version)
-		case a.Op != b.Op:
-			return compare(a.Op, b.Op)
-		}
-		return compare(a.PeerUID, b.PeerUID)
+		return cmp.Or(cmp.Compare(a.Keyset, b.Keyset), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Op, b.Op), cmp.Compare(a.PeerUID, b.PeerUID))
 	})
 	return out
-}
-
-func compare[T string | uint32 | int64](a, b T) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // callerUID is the peer UID of the call in ctx: SO_PEERCRED of its socket

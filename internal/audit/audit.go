@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -251,7 +252,28 @@ func ParseTrail(records []byte, head string) (Trail, error) {
 		errs = append(errs, err)
 	}
 	t.Head = h
-	sc := bufio.NewScanner(bytes.NewReader(records))
+	err = eachRecord(bytes.NewReader(records), func(n int, rec Record, err error) bool {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: line %d of the trail: %v", ErrBroken, n, err))
+		} else {
+			t.Records = append(t.Records, rec)
+		}
+		return true
+	})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("%w: %v", ErrBroken, err))
+	}
+	if len(errs) > 0 {
+		return t, errs[0]
+	}
+	return t, nil
+}
+
+// eachRecord reads JSON-lines records from r, skipping blank lines, and
+// calls f with each one's line number and the record or why it does not
+// parse, until f returns false. It returns the reader's error, if any.
+func eachRecord(r io.Reader, f func(line int, rec Record, err error) bool) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
 		line := bytes.TrimSpace(sc.Bytes())
@@ -259,19 +281,11 @@ func ParseTrail(records []byte, head string) (Trail, error) {
 			continue
 		}
 		rec, err := parseRecord(line)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%w: line %d of the trail: %v", ErrBroken, n, err))
-			continue
+		if !f(n, rec, err) {
+			return nil
 		}
-		t.Records = append(t.Records, rec)
 	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("%w: %v", ErrBroken, err))
-	}
-	if len(errs) > 0 {
-		return t, errs[0]
-	}
-	return t, nil
+	return sc.Err()
 }
 
 // parseRecord reads one JSON line strictly.

@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -146,26 +145,26 @@ func VerifyLog(r io.Reader, k *Key, heads map[string]Head) (LogSummary, error) {
 		rec  Record
 	}
 	chains := map[string][]entry{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
-		rec, err := parseRecord(line)
+	var bad error
+	err := eachRecord(r, func(n int, rec Record, err error) bool {
 		if err != nil {
-			return s, fmt.Errorf("%w: line %d: %v", ErrBroken, n, err)
+			bad = fmt.Errorf("%w: line %d: %v", ErrBroken, n, err)
+			return false
 		}
 		if k != nil {
 			if err := k.check(rec); err != nil {
-				return s, fmt.Errorf("line %d: %w", n, err)
+				bad = fmt.Errorf("line %d: %w", n, err)
+				return false
 			}
 		}
 		chains[rec.Keyset] = append(chains[rec.Keyset], entry{n, rec})
 		s.Records++
+		return true
+	})
+	if bad != nil {
+		return s, bad
 	}
-	if err := sc.Err(); err != nil {
+	if err != nil {
 		return s, fmt.Errorf("audit: read: %w", err)
 	}
 	// Each keyset's chain: order first (a swap reads as reordered, not as

@@ -85,15 +85,25 @@ func (s *Service) recordSeal(uid int64, op, name string, res Sealed, err error) 
 // one knows only from the ciphertext.
 func (s *Service) recordRewrap(uid int64, ciphertext []byte, res Sealed, err error) {
 	if err != nil {
-		s.recordOpen(uid, "rewrap", ciphertext, err)
+		s.recordFailedOpen(uid, "rewrap", ciphertext, err)
 		return
 	}
 	s.recordSeal(uid, "rewrap", "", res, nil)
 }
 
-// recordOpen counts a decrypt, or a failed rewrap, by the key version its
-// ciphertext names.
-func (s *Service) recordOpen(uid int64, op string, ciphertext []byte, err error) {
+// recordDecrypt counts a decrypt by the version that opened it.
+func (s *Service) recordDecrypt(uid int64, ciphertext []byte, res Opened, err error) {
+	if err != nil {
+		s.recordFailedOpen(uid, "decrypt", ciphertext, err)
+		return
+	}
+	s.usage.add(usageKey{peer: uid, keyset: res.Keyset, version: res.Version, op: "decrypt"}, "")
+}
+
+// recordFailedOpen counts a failed decrypt or rewrap by the key version
+// its ciphertext names, as far as the header can be read: the header is
+// parsed again only on failure, off the hot path.
+func (s *Service) recordFailedOpen(uid int64, op string, ciphertext []byte, err error) {
 	ks, v := keyOf(ciphertext)
 	s.usage.add(usageKey{peer: uid, keyset: ks, version: v, op: op}, reason(err))
 }
@@ -132,7 +142,7 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
 	res, err = s.decrypt(ciphertext, c)
-	s.recordOpen(callerUID(ctx), "decrypt", ciphertext, err)
+	s.recordDecrypt(callerUID(ctx), ciphertext, res, err)
 	return res, err
 }
 
@@ -244,7 +254,7 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []O
 	for i, it := range items {
 		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
 		s.metrics.item("decrypt_batch", errs[i])
-		s.recordOpen(uid, "decrypt", it.Ciphertext, errs[i])
+		s.recordDecrypt(uid, it.Ciphertext, out[i], errs[i])
 	}
 	return out, errs, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -51,12 +50,7 @@ func (o *OptIn) Selector() string { return o.selector }
 func (o *OptIn) Start(ctx context.Context) { o.factory.Start(ctx.Done()) }
 
 func (o *OptIn) wait(ctx context.Context) error {
-	if o.synced() {
-		return nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if !cache.WaitForCacheSync(wctx.Done(), o.synced) {
+	if !waitCache(ctx, 0, o.synced) {
 		return fmt.Errorf("kube: namespace cache not synced yet")
 	}
 	return nil

@@ -130,19 +130,24 @@ func (p *PodReaders) Readers(ctx context.Context, key string) ([]string, error) 
 
 // waitSynced waits up to SyncTimeout for the first load of pc.
 func (p *PodReaders) waitSynced(ctx context.Context, pc *podCache) error {
-	if pc.synced() {
-		return nil
+	if !waitCache(ctx, p.SyncTimeout, pc.synced) {
+		return ErrPodsNotSynced
 	}
-	d := p.SyncTimeout
+	return nil
+}
+
+// waitCache waits up to d (30 s when zero) for an informer's first load
+// and reports whether it completed.
+func waitCache(ctx context.Context, d time.Duration, synced cache.InformerSynced) bool {
+	if synced() {
+		return true
+	}
 	if d <= 0 {
 		d = 30 * time.Second
 	}
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	if !cache.WaitForCacheSync(wctx.Done(), pc.synced) {
-		return ErrPodsNotSynced
-	}
-	return nil
+	return cache.WaitForCacheSync(wctx.Done(), synced)
 }
 
 // readsSecret reports whether pod is a live, injected reader of secret.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -81,18 +80,8 @@ func open(t *testing.T, addr, token, node string, names ...string) secretservice
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
-	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	st, err := secretservice.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	st, err := xdstest.Subscribe(ctx, conn, token, node, names...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var res []string
-	for _, n := range names {
-		res = append(res, xds.ResourceName(n))
-	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: nodeProto(node), TypeUrl: xdsclient.SecretType, ResourceNames: res}); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
 	return st

@@ -4,20 +4,14 @@ package e2e
 
 import (
 	"context"
-	"errors"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,7 +24,6 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
-	"github.com/keyshift/keyshift/internal/xds"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 	"github.com/keyshift/keyshift/internal/xds/xdstest"
 )
@@ -79,18 +72,8 @@ func xdsAskWith(creds grpc.DialOption, addr, token, node string, names ...string
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	st, err := secretservice.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	st, err := xdstest.Subscribe(ctx, conn, token, node, names...)
 	if err != nil {
-		return nil, err
-	}
-	var res []string
-	for _, n := range names {
-		res = append(res, xds.ResourceName(n))
-	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: xdsclient.SecretType, ResourceNames: res}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	resp, err := st.Recv()

@@ -119,6 +119,10 @@ generate: tools
 		--go_out=sidecar/api/v1 --go_opt=paths=source_relative \
 		--go-grpc_out=sidecar/api/v1 --go-grpc_opt=paths=source_relative \
 		sidecar/api/v1/keyshift.proto
+	protoc -I internal/xds/usagev1 \
+		--go_out=internal/xds/usagev1 --go_opt=paths=source_relative \
+		--go-grpc_out=internal/xds/usagev1 --go-grpc_opt=paths=source_relative \
+		internal/xds/usagev1/usage.proto
 
 clean:
 	rm -rf bin

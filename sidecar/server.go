@@ -22,11 +22,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/xds/usagev1"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
@@ -220,12 +223,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		run(func() { _ = ms.Serve(metricsL) })
 	}
-	run(func() { s.usageLoop(ctx) })
+	var xc *xdsclient.Client
 	if cfg.XDSAddr != "" {
-		xc := &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log,
+		xc = &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log,
 			CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TokenFile: cfg.XDSTokenFile, Insecure: cfg.XDSInsecure}
 		run(func() { _ = xc.Run(ctx) })
 	}
+	run(func() { s.usageLoop(ctx, xc) })
 	for _, name := range names {
 		poke := make(chan struct{}, 1)
 		if cfg.Keysets[name] != "" {
@@ -434,25 +438,28 @@ func (s *Server) opsHandler() http.Handler {
 }
 
 // usageLoop writes the key usage records every UsageInterval, and the
-// last partial interval when the sidecar stops. The log is the durable
-// sink: one structured line per caller, keyset, version and operation,
-// collected by the cluster's log pipeline.
-func (s *Server) usageLoop(ctx context.Context) {
+// last partial interval when the sidecar stops. Each record is one
+// structured log line (the pod's own trail, collected by the cluster's
+// log pipeline) and, with xDS, is reported to the controller, which keeps
+// who holds data under which version and watches for decrypt failure
+// spikes across pods.
+func (s *Server) usageLoop(ctx context.Context, xc *xdsclient.Client) {
 	t := time.NewTicker(s.cfg.UsageInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			s.writeUsage(time.Now())
+			s.writeUsage(context.Background(), xc, time.Now(), 2*time.Second)
 			return
 		case now := <-t.C:
-			s.writeUsage(now)
+			s.writeUsage(ctx, xc, now, 10*time.Second)
 		}
 	}
 }
 
-func (s *Server) writeUsage(now time.Time) {
-	for _, r := range s.svc.usage.flush(now) {
+func (s *Server) writeUsage(ctx context.Context, xc *xdsclient.Client, now time.Time, timeout time.Duration) {
+	recs := s.svc.usage.flush(now)
+	for _, r := range recs {
 		attrs := []any{"pod", s.cfg.NodeID, "peer_uid", r.PeerUID, "keyset", r.Keyset, "version", r.Version, "op", r.Op,
 			"ok", r.OK, "from", r.From.UTC().Format(time.RFC3339), "to", r.To.UTC().Format(time.RFC3339)}
 		if len(r.Failed) > 0 {
@@ -460,6 +467,35 @@ func (s *Server) writeUsage(now time.Time) {
 		}
 		s.log.Info("key usage", attrs...)
 	}
+	if xc == nil || len(recs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	msg := usageProto(recs)
+	err := xc.Report(ctx, msg)
+	if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+		// A follower answered, or the leader is changing: a new
+		// connection reaches the leader, as a new xDS stream does.
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			err = xc.Report(ctx, msg)
+		}
+	}
+	if err != nil {
+		s.log.Warn("usage records not reported to the controller; they are in this log only", "records", len(recs), "err", err)
+	}
+}
+
+// usageProto is the wire form of records.
+func usageProto(recs []UsageRecord) []*usagev1.Record {
+	out := make([]*usagev1.Record, len(recs))
+	for i, r := range recs {
+		out[i] = &usagev1.Record{FromUnixMs: r.From.UnixMilli(), ToUnixMs: r.To.UnixMilli(), PeerUid: r.PeerUID, Keyset: r.Keyset,
+			Version: r.Version, Op: r.Op, Ok: r.OK, Failed: r.Failed}
+	}
+	return out
 }
 
 // stopGRPC lets in-flight calls finish for up to grace, then cuts the rest.

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -57,7 +58,7 @@ func TestUsageRecords(t *testing.T) {
 	if _, err := e.client.Decrypt(ctx, ct, secretCtx); err != nil {
 		t.Fatal(err)
 	}
-	e.srv.writeUsage(time.Now())
+	e.srv.writeUsage(context.Background(), nil, time.Now(), time.Second)
 	logs := e.logs.String()
 	if !strings.Contains(logs, `"msg":"key usage"`) || !strings.Contains(logs, `"op":"decrypt"`) {
 		t.Fatalf("no key usage record in the log:\n%s", logs)

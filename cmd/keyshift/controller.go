@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
+	"github.com/keyshift/keyshift/internal/keyusage"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
@@ -63,6 +64,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	leaderElect := fs.Bool("leader-elect", true, "with Secrets: hold a Lease so only one replica acts")
 	leaseNS := fs.String("lease-namespace", envOr("POD_NAMESPACE", "keyshift-system"), "namespace of the leader-election Lease")
 	identity := fs.String("identity", envOr("POD_NAME", hostname()), "this replica's name in the Lease and the audit trail")
+	spike := fs.Uint64("decrypt-failure-spike", 100, "raise a DecryptFailureSpike Warning Event on a keyset Secret when its sidecars report this many failed decrypts within a minute (0: never)")
 	var kmsPolicy rotation.KMSPolicy
 	fs.Func("allow-kms", "NAMESPACE=URI_PREFIX: keysets of NAMESPACE (* for all) may use KMS URIs starting so (repeatable; none: any KMS but local://)", kmsPolicy.ParseAllowKMS)
 	logger := clikit.LogFlags(fs, "info", "debug, info, warn or error")
@@ -160,6 +162,14 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		// sidecars on a snapshot that never changes (see leadTerm).
 		term.xds = xds.NewServer(ctx, log, access)
 		term.xds.SetActive(false)
+		// Sidecars report key usage on the same port: kept in this log,
+		// in metrics, and as each version's holders on its Secret.
+		ledger := &keyusage.Ledger{Log: log, Event: eng.Event, SpikeThreshold: *spike}
+		if store, ok := eng.Store.(*kube.SecretStore); ok {
+			ledger.Holders = store
+		}
+		ledger.Register(reg)
+		term.xds.SetUsage(ledger)
 		g := grpc.NewServer(opts...)
 		term.xds.Register(g)
 		l, err := net.Listen("tcp", *xdsAddr)

@@ -63,6 +63,7 @@ type Server struct {
 	active  bool
 	since   time.Time               // when active last became true
 	closers map[*gatedStream]func() // open streams, to close on SetActive(false)
+	usage   UsageSink               // nil: usage reports are refused
 }
 
 // stream is one sidecar's SDS stream.
@@ -100,9 +101,10 @@ func NewServer(ctx context.Context, log *slog.Logger, access *Access) *Server {
 	return s
 }
 
-// Register adds the SDS service to a gRPC server.
+// Register adds the SDS and KeyUsage services to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
 	secretservice.RegisterSecretDiscoveryServiceServer(g, gate{s.xds, s})
+	s.registerUsage(g)
 }
 
 // Publish makes ks the document served for its name in scope, the

@@ -31,6 +31,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/keyshift/keyshift/internal/xds/usagev1"
 )
 
 // Client subscribes a sidecar to its keysets over SDS. Each pushed document
@@ -187,6 +189,26 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 			return streamErr(st, err)
 		}
 	}
+}
+
+// Report sends one interval's key usage records to the controller, on a
+// connection of its own with the same TLS and token as a stream, so it
+// reaches the leader as a new stream would.
+func (c *Client) Report(ctx context.Context, recs []*usagev1.Record) error {
+	if err := c.CheckSecurity(); err != nil {
+		return err
+	}
+	sec, err := c.credentials()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.Addr, append(append([]grpc.DialOption{}, c.DialOptions...), sec...)...)
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	defer conn.Close()
+	_, err = usagev1.NewKeyUsageClient(conn).Report(ctx, &usagev1.ReportRequest{NodeId: c.NodeID, Records: recs})
+	return err
 }
 
 // CheckSecurity refuses a configuration that would send keysets in the

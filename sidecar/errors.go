@@ -30,6 +30,11 @@ var (
 	ErrBadMAC = errors.New("sidecar: MAC does not verify")
 	// ErrPermissionDenied: the peer's UID is not on the allowlist.
 	ErrPermissionDenied = errors.New("sidecar: peer not allowed")
+	// ErrRevoked: the ciphertext or MAC names a revoked version, whose key
+	// may be compromised. Decrypt and Verify refuse it, so data forged
+	// with a stolen key is not accepted; Rewrap still moves the data under
+	// the primary.
+	ErrRevoked = errors.New("sidecar: key version revoked")
 )
 
 // MaxBatch is the most items one batch call may carry.
@@ -55,6 +60,8 @@ func reason(err error) string {
 		return "unknown_keyset"
 	case errors.Is(err, ErrUnknownKeyVersion):
 		return "unknown_version"
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
 	case errors.Is(err, ErrNotReady):
 		return "not_ready"
 	case errors.Is(err, ErrKeysetRequired):
@@ -87,6 +94,8 @@ func toStatus(err error) *status.Status {
 		return status.New(codes.InvalidArgument, err.Error())
 	case "unknown_keyset", "unknown_version":
 		return status.New(codes.NotFound, err.Error())
+	case "revoked":
+		return status.New(codes.FailedPrecondition, err.Error())
 	case "not_ready":
 		return status.New(codes.Unavailable, err.Error())
 	case "permission_denied":
@@ -103,7 +112,9 @@ func httpStatus(c codes.Code) int {
 	switch c {
 	case codes.OK:
 		return http.StatusOK
-	case codes.InvalidArgument:
+	case codes.InvalidArgument, codes.FailedPrecondition:
+		// 400 for FailedPrecondition as in google.rpc.Code; the body's
+		// code names which.
 		return http.StatusBadRequest
 	case codes.NotFound:
 		return http.StatusNotFound
@@ -122,4 +133,8 @@ func httpStatus(c codes.Code) int {
 
 func unknownVersion(keyset string, v uint32) error {
 	return fmt.Errorf("%w: %s v%d is not loaded (unknown, disabled or destroyed)", ErrUnknownKeyVersion, keyset, v)
+}
+
+func revokedVersion(keyset string, v uint32) error {
+	return fmt.Errorf("%w: keyset %s v%d is revoked: rewrap the data with Rewrap, or restore it from a backup", ErrRevoked, keyset, v)
 }

@@ -54,7 +54,8 @@ const (
 	reasonReplayed       = "replayed_nonce"     // the nonce was seen within the window
 	reasonNonceFull      = "nonce_cache_full"   // too many live nonces to remember another (503)
 	// Service errors keep their reason() label: auth_failed, malformed,
-	// unsupported_format, unknown_version, bad_mac, not_ready, internal…
+	// unsupported_format, unknown_version, revoked, bad_mac, not_ready,
+	// internal…
 )
 
 // denyHeader names the reason on every denial.

@@ -420,8 +420,19 @@ func TestExtAuthzDenials(t *testing.T) {
 		t.Errorf("optional cookie absent (-want +got):\n%s", diff)
 	}
 
-	// A version disabled after a rotation no longer opens.
+	// A token under a version revoked after a rotation is refused (a
+	// forged one must not get through, and it is not resealed); once the
+	// revoked version is disabled it no longer opens at all.
 	a.rotate("payments")
+	a.revoke("payments", 1)
+	revokedSeries := `keyshift_extauthz_denials_total{reason="revoked",route="/app/"}`
+	before := counterValue(t, a.env, revokedSeries)
+	if diff := cmp.Diff(denied(401, "revoked"), a.check(t, a.tcp, envoyRequest("GET", "/app/cart", cookie(good)))); diff != "" {
+		t.Errorf("revoked version (-want +got):\n%s", diff)
+	}
+	if after := counterValue(t, a.env, revokedSeries); after != before+1 {
+		t.Errorf("%s went %v -> %v, want +1", revokedSeries, before, after)
+	}
 	ks, err := a.keyset("payments").Retire(1, time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -2,12 +2,15 @@ package sidecar
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,6 +175,18 @@ func (e *env) rotate(name string) uint32 {
 	return n
 }
 
+// revoke marks version n of name revoked in the file and waits until the
+// sidecar has loaded it so.
+func (e *env) revoke(name string, n uint32) {
+	e.t.Helper()
+	ks, err := e.keyset(name).Revoke(n, time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.write(name, ks)
+	e.waitFor(func(st KeysetStatus) bool { return st.Name == name && hasVersion(st, n, "revoked") })
+}
+
 func hasVersion(st KeysetStatus, n uint32, state string) bool {
 	for _, v := range st.Versions {
 		if v.Version == n && v.State == state {
@@ -204,6 +219,23 @@ func (e *env) httpClient() *http.Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", e.cfg.Socket)
 	}}, Timeout: 10 * time.Second}
+}
+
+// postJSON posts body to the HTTP/JSON API on the socket and returns the
+// status and the decoded JSON body.
+func (e *env) postJSON(path, body string) (int, map[string]any) {
+	e.t.Helper()
+	resp, err := e.httpClient().Post("http://keyshift"+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &m); err != nil {
+		e.t.Fatalf("%s: body %q is not JSON", path, b)
+	}
+	return resp.StatusCode, m
 }
 
 // metricsURL is the ops listener's base URL.

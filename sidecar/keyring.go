@@ -26,10 +26,13 @@ type Keyring struct {
 
 // ringSet is one keyset's loaded versions.
 type ringSet struct {
-	doc      *keyset.Keyset
-	primary  *envelope.Key
-	keys     map[uint32]*envelope.Key
-	wrapped  map[uint32][]byte // the wrapped key each entry of keys came from
+	doc     *keyset.Keyset
+	primary *envelope.Key
+	keys    map[uint32]*envelope.Key
+	wrapped map[uint32][]byte // the wrapped key each entry of keys came from
+	// revoked marks the entries of keys that are revoked: loaded for
+	// Rewrap only, never to decrypt or verify.
+	revoked  map[uint32]bool
 	source   string
 	loadedAt time.Time
 }
@@ -115,7 +118,7 @@ func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, s
 	}
 	next := &ringSet{
 		doc: doc.Clone(), keys: map[uint32]*envelope.Key{}, wrapped: map[uint32][]byte{},
-		source: source, loadedAt: time.Now(),
+		revoked: map[uint32]bool{}, source: source, loadedAt: time.Now(),
 	}
 	for _, v := range doc.Versions {
 		if !v.State.Readable() {
@@ -139,8 +142,11 @@ func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, s
 		}
 		next.keys[v.Version] = k
 		next.wrapped[v.Version] = v.WrappedKey
-		if v.State == keyset.StatePrimary {
+		switch v.State {
+		case keyset.StatePrimary:
 			next.primary = k
+		case keyset.StateRevoked:
+			next.revoked[v.Version] = true
 		}
 	}
 	return next, nil
@@ -243,7 +249,8 @@ func isStale(cur, doc *keyset.Keyset) bool {
 // checkSuccessor refuses a document that would make data unreadable or
 // slip in a key from elsewhere: a different keyset name, another KMS key
 // without a recorded migration, a version that vanished, or a state that
-// moved backwards (a stale file restored over a newer one).
+// moved backwards (a stale file restored over a newer one, or a revoked
+// version made decryptable again).
 //
 // The KMS URI is pinned because a document that keeps every old version
 // and adds a primary wrapped under another KMS key would otherwise load:

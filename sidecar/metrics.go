@@ -96,7 +96,7 @@ func (m *Metrics) item(op string, err error) {
 }
 
 func (m *Metrics) loaded(name string, s *ringSet) {
-	counts := map[string]float64{"pending": 0, "primary": 0, "decrypt-only": 0}
+	counts := map[string]float64{"pending": 0, "primary": 0, "decrypt-only": 0, "revoked": 0}
 	for _, v := range s.doc.Versions {
 		if _, ok := s.keys[v.Version]; ok {
 			counts[string(v.State)]++

@@ -137,7 +137,8 @@ func (s *Service) lookup(name string) (*ringSet, error) {
 	return set, nil
 }
 
-// Decrypt opens a ciphertext under whichever loaded version sealed it.
+// Decrypt opens a ciphertext under whichever loaded version sealed it,
+// unless that version is revoked (ErrRevoked): Rewrap moves such data.
 func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res Opened, err error) {
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
@@ -147,9 +148,12 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 }
 
 func (s *Service) decrypt(ciphertext []byte, c map[string]string) (Opened, error) {
-	k, err := s.keyFor(ciphertext)
+	set, k, err := s.keyFor(ciphertext)
 	if err != nil {
 		return Opened{}, err
+	}
+	if set.revoked[k.Version()] {
+		return Opened{}, revokedVersion(k.Name(), k.Version())
 	}
 	pt, err := envelope.Open(k, ciphertext, c)
 	if err != nil {
@@ -158,25 +162,29 @@ func (s *Service) decrypt(ciphertext []byte, c map[string]string) (Opened, error
 	return Opened{Plaintext: pt, Keyset: k.Name(), Version: k.Version()}, nil
 }
 
-func (s *Service) keyFor(ciphertext []byte) (*envelope.Key, error) {
+// keyFor finds the loaded key the ciphertext's header names, revoked ones
+// included, and the keyset it belongs to, from one keyring snapshot.
+func (s *Service) keyFor(ciphertext []byte) (*ringSet, *envelope.Key, error) {
 	h, _, err := envelope.Parse(ciphertext)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	set, err := s.lookup(h.Keyset)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	k, ok := set.keys[h.Version]
 	if !ok {
-		return nil, unknownVersion(h.Keyset, h.Version)
+		return nil, nil, unknownVersion(h.Keyset, h.Version)
 	}
-	return k, nil
+	return set, k, nil
 }
 
 // Rewrap re-seals ciphertext under its keyset's primary version without
 // handing the plaintext to anyone. A ciphertext already under the primary
-// is returned as it is, with Rewrapped false.
+// is returned as it is, with Rewrapped false. A ciphertext under a revoked
+// version is rewrapped too: that is how its data is moved to a key that is
+// not compromised.
 func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
@@ -186,11 +194,7 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 }
 
 func (s *Service) rewrap(ciphertext []byte, c map[string]string) (Sealed, error) {
-	k, err := s.keyFor(ciphertext)
-	if err != nil {
-		return Sealed{}, err
-	}
-	set, err := s.lookup(k.Name())
+	set, k, err := s.keyFor(ciphertext)
 	if err != nil {
 		return Sealed{}, err
 	}
@@ -349,9 +353,10 @@ func (s *Service) Sign(ctx context.Context, keyset string, data []byte) (version
 	return set.primary.Version(), set.primary.MAC(data), nil
 }
 
-// Verify checks a MAC made by Sign under version of keyset. Any loaded
+// Verify checks a MAC made by Sign under version of keyset. Any decryptable
 // version verifies (pending, primary, decrypt-only), so MACs made before a
-// rotation stay valid through the retention window.
+// rotation stay valid through the retention window; a revoked one does not
+// (ErrRevoked), since whoever holds its key can forge MACs under it.
 func (s *Service) Verify(ctx context.Context, keyset string, version uint32, data, mac []byte) (err error) {
 	start := time.Now()
 	defer func() { s.observe("verify", start, err) }()
@@ -362,6 +367,9 @@ func (s *Service) Verify(ctx context.Context, keyset string, version uint32, dat
 	k, ok := set.keys[version]
 	if !ok {
 		return unknownVersion(set.doc.Name, version)
+	}
+	if set.revoked[version] {
+		return revokedVersion(set.doc.Name, version)
 	}
 	if !k.VerifyMAC(data, mac) {
 		return ErrBadMAC

@@ -227,20 +227,7 @@ func TestBadInputErrors(t *testing.T) {
 func TestHTTPJSONOverSocket(t *testing.T) {
 	e := newEnv(t)
 	hc := e.httpClient()
-	post := func(path, body string) (int, map[string]any) {
-		t.Helper()
-		resp, err := hc.Post("http://keyshift"+path, "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var m map[string]any
-		b, _ := io.ReadAll(resp.Body)
-		if err := json.Unmarshal(b, &m); err != nil {
-			t.Fatalf("%s: body %q is not JSON", path, b)
-		}
-		return resp.StatusCode, m
-	}
+	post := e.postJSON
 	pt := base64.StdEncoding.EncodeToString([]byte("hello over curl"))
 	code, enc := post("/v1/encrypt", `{"plaintext":"`+pt+`","context":{"user":"7"}}`)
 	if code != 200 || enc["version"] != float64(1) || enc["keyset"] != "payments" {

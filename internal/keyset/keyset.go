@@ -1,6 +1,8 @@
 // Package keyset owns the keyset document: a named, versioned list of data
 // keys, each stored only wrapped by a KMS key, with a one-way lifecycle
-// (pending → primary → decrypt-only → disabled → destroyed). It validates
+// (pending → primary → decrypt-only → revoked → disabled → destroyed, where
+// revoked is the emergency step for a compromised key and may be skipped).
+// It validates
 // documents and performs state transitions as pure functions on copies; it
 // never sees a plaintext key.
 package keyset
@@ -23,7 +25,8 @@ import (
 // State is where a version is in its lifecycle.
 type State string
 
-// The lifecycle states, in the only order a version moves through them.
+// The lifecycle states, in the only order a version moves through them. A
+// version may skip states (decrypt-only → disabled) but never goes back.
 const (
 	// StatePending: distributed to every reader, decrypts, never encrypts.
 	StatePending State = "pending"
@@ -31,14 +34,21 @@ const (
 	StatePrimary State = "primary"
 	// StateDecryptOnly: a former primary kept to read old data.
 	StateDecryptOnly State = "decrypt-only"
+	// StateRevoked: a version whose key is known or suspected compromised.
+	// It never encrypts and readers refuse to decrypt under it, so
+	// ciphertexts forged with the stolen key are not accepted and
+	// applications notice; it stays loaded for Rewrap only, so its data
+	// can be moved under the primary. Retire moves it on to disabled.
+	StateRevoked State = "revoked"
 	// StateDisabled: kept in the document but loaded by nobody.
 	StateDisabled State = "disabled"
 	// StateDestroyed: the wrapped key is gone; the number stays reserved.
 	StateDestroyed State = "destroyed"
 )
 
-// Rank orders states along the lifecycle: pending 0 … destroyed 4, and -1
-// for an unknown state. A version's rank never decreases.
+// Rank orders states along the lifecycle: pending 0, primary 1,
+// decrypt-only 2, revoked 3, disabled 4, destroyed 5, and -1 for an
+// unknown state. A version's rank never decreases.
 func (s State) Rank() int {
 	switch s {
 	case StatePending:
@@ -47,16 +57,28 @@ func (s State) Rank() int {
 		return 1
 	case StateDecryptOnly:
 		return 2
-	case StateDisabled:
+	case StateRevoked:
 		return 3
-	case StateDestroyed:
+	case StateDisabled:
 		return 4
+	case StateDestroyed:
+		return 5
 	}
 	return -1
 }
 
-// Readable reports whether a version in state s is loaded to decrypt.
+// Readable reports whether readers load a version in state s: pending,
+// primary, decrypt-only and revoked. The controller keeps verifying and
+// rewrapping these under new KEK versions. A revoked version is loaded
+// for Rewrap only; see Decryptable.
 func (s State) Readable() bool {
+	return s.Decryptable() || s == StateRevoked
+}
+
+// Decryptable reports whether readers open ciphertexts (and verify MACs)
+// under a version in state s: pending, primary and decrypt-only. A
+// revoked version is Readable but not Decryptable.
+func (s State) Decryptable() bool {
 	return s == StatePending || s == StatePrimary || s == StateDecryptOnly
 }
 
@@ -223,7 +245,7 @@ func (ks *Keyset) Validate() error {
 		case i > 0 && v.Version != prev+1:
 			return fmt.Errorf("%w: %s: versions must be consecutive (follows v%d; a new version is always the latest plus one)", ErrInvalid, where, prev)
 		case v.State.Rank() < 0:
-			return fmt.Errorf("%w: %s: unknown state %q (one of pending, primary, decrypt-only, disabled, destroyed)", ErrInvalid, where, v.State)
+			return fmt.Errorf("%w: %s: unknown state %q (one of pending, primary, decrypt-only, revoked, disabled, destroyed)", ErrInvalid, where, v.State)
 		case len(v.Canary) > MaxWrappedKeySize:
 			return fmt.Errorf("%w: %s: canary of %d bytes exceeds %d", ErrInvalid, where, len(v.Canary), MaxWrappedKeySize)
 		case v.State == StateDestroyed && len(v.WrappedKey) != 0:
@@ -377,9 +399,40 @@ func (ks *Keyset) Promote(n uint32, now time.Time) (*Keyset, error) {
 	return c, c.Validate()
 }
 
+// Revoke returns a copy where pending or decrypt-only version n is
+// revoked: its key is known or suspected compromised, so readers stop
+// decrypting under it at once but keep it for Rewrap. The primary cannot be
+// revoked: promote a new primary first (the old one becomes decrypt-only),
+// then revoke it.
+func (ks *Keyset) Revoke(n uint32, now time.Time) (*Keyset, error) {
+	v, err := ks.Get(n)
+	if err != nil {
+		return nil, err
+	}
+	switch v.State {
+	case StatePending, StateDecryptOnly:
+	case StatePrimary:
+		return nil, fmt.Errorf("%w: %s v%d is the primary; rotate and promote a new primary first, then revoke v%d", ErrTransition, ks.Name, n, n)
+	case StateRevoked:
+		return nil, fmt.Errorf("%w: %s v%d is already revoked", ErrTransition, ks.Name, n)
+	default:
+		return nil, fmt.Errorf("%w: %s v%d is %s; nothing opens it any more, so there is nothing to revoke", ErrTransition, ks.Name, n, v.State)
+	}
+	now = now.UTC()
+	c := ks.Clone()
+	for i := range c.Versions {
+		if c.Versions[i].Version == n {
+			c.Versions[i].State = StateRevoked
+			c.Versions[i].StateChangedAt = now
+		}
+	}
+	return c, c.Validate()
+}
+
 // Retire returns a copy where version n has moved one step further:
-// decrypt-only or pending → disabled, disabled → destroyed (its wrapped key
-// is dropped). The primary cannot be retired: promote another version first.
+// decrypt-only, revoked or pending → disabled, disabled → destroyed (its
+// wrapped key is dropped). The primary cannot be retired: promote another
+// version first.
 func (ks *Keyset) Retire(n uint32, now time.Time) (*Keyset, error) {
 	v, err := ks.Get(n)
 	if err != nil {
@@ -387,7 +440,7 @@ func (ks *Keyset) Retire(n uint32, now time.Time) (*Keyset, error) {
 	}
 	var next State
 	switch v.State {
-	case StatePending, StateDecryptOnly:
+	case StatePending, StateDecryptOnly, StateRevoked:
 		next = StateDisabled
 	case StateDisabled:
 		next = StateDestroyed

@@ -89,6 +89,112 @@ func TestTransitionsRefused(t *testing.T) {
 	}
 }
 
+// Revoke: pending or decrypt-only → revoked, and Retire moves a revoked
+// version on to disabled. Each result is compared whole against the input
+// with only that version's state and time changed.
+func TestRevoke(t *testing.T) {
+	t1 := t0.Add(time.Hour)
+	ks, _ := New("payments", "local:///tmp/kek", []byte("w1"), "1", t0)
+	ks, _ = ks.AddPending([]byte("w2"), "1", t0)
+	ks, _ = ks.Promote(2, t0)
+	ks, _ = ks.AddPending([]byte("w3"), "1", t0) // v1 decrypt-only, v2 primary, v3 pending
+	revoked, err := ks.Revoke(1, t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := func(from *Keyset, n uint32, s State) *Keyset {
+		want := from.Clone()
+		want.Versions[n-1].State, want.Versions[n-1].StateChangedAt = s, t1
+		return want
+	}
+	cases := []struct {
+		name string
+		f    func() (*Keyset, error)
+		want *Keyset
+	}{
+		{"decrypt-only to revoked", func() (*Keyset, error) { return ks.Revoke(1, t1) }, with(ks, 1, StateRevoked)},
+		{"pending to revoked", func() (*Keyset, error) { return ks.Revoke(3, t1) }, with(ks, 3, StateRevoked)},
+		{"revoked to disabled", func() (*Keyset, error) { return revoked.Retire(1, t1) }, with(revoked, 1, StateDisabled)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := c.f()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(c.want, got); diff != "" {
+				t.Fatalf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	if diff := cmp.Diff(map[uint32]State{1: StateDecryptOnly, 2: StatePrimary, 3: StatePending}, states(ks)); diff != "" {
+		t.Fatalf("original mutated (-want +got):\n%s", diff)
+	}
+	// The revoked document round-trips: readers parse the new state.
+	b, err := revoked.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := Parse(b); err != nil || back.Versions[0].State != StateRevoked {
+		t.Fatalf("Parse of a revoked version = %v, %v", back, err)
+	}
+}
+
+func TestRevokeRefused(t *testing.T) {
+	ks, _ := New("payments", "local:///tmp/kek", []byte("w1"), "1", t0)
+	ks, _ = ks.AddPending([]byte("w2"), "1", t0)
+	ks, _ = ks.Promote(2, t0) // v1 decrypt-only, v2 primary
+	revoked, _ := ks.Revoke(1, t0)
+	disabled, _ := revoked.Retire(1, t0)
+	destroyed, _ := disabled.Retire(1, t0)
+	cases := []struct {
+		name string
+		f    func() (*Keyset, error)
+		want error
+		msg  string
+	}{
+		{"primary", func() (*Keyset, error) { return ks.Revoke(2, t0) }, ErrTransition, "payments v2 is the primary; rotate and promote a new primary first, then revoke v2"},
+		{"revoked", func() (*Keyset, error) { return revoked.Revoke(1, t0) }, ErrTransition, "payments v1 is already revoked"},
+		{"disabled", func() (*Keyset, error) { return disabled.Revoke(1, t0) }, ErrTransition, "payments v1 is disabled"},
+		{"destroyed", func() (*Keyset, error) { return destroyed.Revoke(1, t0) }, ErrTransition, "payments v1 is destroyed"},
+		{"unknown", func() (*Keyset, error) { return ks.Revoke(9, t0) }, ErrUnknownVersion, "no v9"},
+		{"promote revoked", func() (*Keyset, error) { return revoked.Promote(1, t0) }, ErrTransition, "only a pending version"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := c.f()
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) || got != nil {
+				t.Fatalf("got (%v, %v), want %v containing %q", got, err, c.want, c.msg)
+			}
+		})
+	}
+}
+
+// The ranks order the lifecycle; a revoked version is loaded (Readable)
+// but opens nothing (not Decryptable).
+func TestStateRanks(t *testing.T) {
+	type row struct {
+		Rank                  int
+		Readable, Decryptable bool
+	}
+	got := map[State]row{}
+	for _, s := range []State{StatePending, StatePrimary, StateDecryptOnly, StateRevoked, StateDisabled, StateDestroyed, "active"} {
+		got[s] = row{s.Rank(), s.Readable(), s.Decryptable()}
+	}
+	want := map[State]row{
+		StatePending:     {0, true, true},
+		StatePrimary:     {1, true, true},
+		StateDecryptOnly: {2, true, true},
+		StateRevoked:     {3, true, false},
+		StateDisabled:    {4, false, false},
+		StateDestroyed:   {5, false, false},
+		"active":         {-1, false, false},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	good := `{"name":"p","kms":"local:///k","versions":[{"version":1,"state":"primary","wrappedKey":"d3c=","createdAt":"2026-01-01T00:00:00Z","stateChangedAt":"2026-01-01T00:00:00Z"}]}`
 	if _, err := Parse([]byte(good)); err != nil {
@@ -118,7 +224,7 @@ func TestParseRejects(t *testing.T) {
 		"top of uint32":     {v(ver(1, "primary", "d3c=") + "," + ver(4294967295, "pending", "d3c=")), "stop at"},
 		"alone past max":    {v(ver(MaxVersionNumber+1, "primary", "d3c=")), "stop at"},
 		"version zero":      {v(ver(0, "primary", "d3c=")), "start at 1"},
-		"bad state":         {v(ver(1, "active", "d3c=")), `unknown state "active"`},
+		"bad state":         {v(ver(1, "active", "d3c=")), `unknown state "active" (one of pending, primary, decrypt-only, revoked, disabled, destroyed)`},
 		"missing key":       {v(ver(1, "primary", "")), "wrappedKey is empty"},
 		"destroyed has key": {v(ver(1, "primary", "d3c=") + "," + ver(2, "destroyed", "d3c=")), "must not keep"},
 		"bad base64":        {v(ver(1, "primary", "!!")), "illegal base64"},

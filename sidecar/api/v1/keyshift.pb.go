@@ -1141,10 +1141,11 @@ func (x *KeysetStatus) GetLastError() string {
 }
 
 type VersionStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	KekVersion    string                 `protobuf:"bytes,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// pending, primary, decrypt-only, revoked, disabled or destroyed.
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	KekVersion    string `protobuf:"bytes,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

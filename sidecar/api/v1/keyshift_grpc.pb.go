@@ -48,16 +48,20 @@ const (
 //	                    deliberately opaque)
 //	NOT_FOUND           unknown keyset, or a key version that is not loaded
 //	                    (unknown, disabled or destroyed)
+//	FAILED_PRECONDITION Decrypt of a ciphertext under a revoked version (its
+//	                    key may be compromised); Rewrap moves such data
 //	UNAVAILABLE         no keyring loaded yet (the sidecar is not ready)
 //	PERMISSION_DENIED   the caller's UID is not on the sidecar's allowlist
 type CryptoClient interface {
 	// Encrypt seals plaintext under the keyset's primary version.
 	Encrypt(ctx context.Context, in *EncryptRequest, opts ...grpc.CallOption) (*EncryptResponse, error)
-	// Decrypt opens a ciphertext made under any loaded version.
+	// Decrypt opens a ciphertext made under any loaded version that is not
+	// revoked.
 	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
 	// Rewrap re-seals a ciphertext under the primary version without
-	// returning the plaintext. A ciphertext already under the primary comes
-	// back unchanged with rewrapped = false.
+	// returning the plaintext, from any loaded version, revoked ones
+	// included. A ciphertext already under the primary comes back unchanged
+	// with rewrapped = false.
 	Rewrap(ctx context.Context, in *RewrapRequest, opts ...grpc.CallOption) (*RewrapResponse, error)
 	// EncryptBatch is Encrypt for up to 1000 items; each item succeeds or
 	// fails on its own.
@@ -161,16 +165,20 @@ func (c *cryptoClient) Status(ctx context.Context, in *StatusRequest, opts ...gr
 //	                    deliberately opaque)
 //	NOT_FOUND           unknown keyset, or a key version that is not loaded
 //	                    (unknown, disabled or destroyed)
+//	FAILED_PRECONDITION Decrypt of a ciphertext under a revoked version (its
+//	                    key may be compromised); Rewrap moves such data
 //	UNAVAILABLE         no keyring loaded yet (the sidecar is not ready)
 //	PERMISSION_DENIED   the caller's UID is not on the sidecar's allowlist
 type CryptoServer interface {
 	// Encrypt seals plaintext under the keyset's primary version.
 	Encrypt(context.Context, *EncryptRequest) (*EncryptResponse, error)
-	// Decrypt opens a ciphertext made under any loaded version.
+	// Decrypt opens a ciphertext made under any loaded version that is not
+	// revoked.
 	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
 	// Rewrap re-seals a ciphertext under the primary version without
-	// returning the plaintext. A ciphertext already under the primary comes
-	// back unchanged with rewrapped = false.
+	// returning the plaintext, from any loaded version, revoked ones
+	// included. A ciphertext already under the primary comes back unchanged
+	// with rewrapped = false.
 	Rewrap(context.Context, *RewrapRequest) (*RewrapResponse, error)
 	// EncryptBatch is Encrypt for up to 1000 items; each item succeeds or
 	// fails on its own.

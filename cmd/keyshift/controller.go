@@ -60,6 +60,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 	auditFlags := addAuditFlags(fs)
 	interval := fs.Duration("interval", 30*time.Second, "reconcile every keyset this often")
 	minPending := fs.Duration("min-pending-age", 90*time.Second, "least time a pending version waits before promotion, for pods that only mount the Secret (0 when every sidecar uses xDS)")
+	revokeWait := fs.Duration("revoke-wait", rotation.DefaultRevokeWait, "keyset revoke: longest wait for every pod to load the new primary before it is promoted anyway")
 	metrics := fs.String("metrics-addr", ":9496", "/healthz and /metrics")
 	leaderElect := fs.Bool("leader-elect", true, "with Secrets: hold a Lease so only one replica acts")
 	leaseNS := fs.String("lease-namespace", envOr("POD_NAMESPACE", "keyshift-system"), "namespace of the leader-election Lease")
@@ -76,7 +77,7 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, Metrics: rotation.NewMetrics(reg),
+	eng := &rotation.Engine{KMS: providers.Registry(log), Log: log, Actor: "controller/" + *identity, MinPendingAge: *minPending, RevokeWait: *revokeWait, Metrics: rotation.NewMetrics(reg),
 		KMSPolicy: &kmsPolicy}
 	var client kubernetes.Interface
 	var optIn *kube.OptIn
@@ -101,6 +102,14 @@ func runController(ctx context.Context, args []string, _ io.Reader, _, stderr io
 		}
 		ev, stop := store.Events(log)
 		defer stop()
+		poke := make(chan struct{}, 1)
+		eng.Poke = poke
+		go store.Watch(ctx, 30*time.Second, func() {
+			select {
+			case poke <- struct{}{}:
+			default:
+			}
+		})
 		eng.Store, eng.Event, eng.Status = store, ev, store.SetStatus
 	}
 	auditKey, trail, err := auditFlags.setup(ctx, client, eng.KMS, &kmsPolicy, log)

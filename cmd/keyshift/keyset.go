@@ -58,7 +58,7 @@ func (s secretDoc) create(ctx context.Context, ks *keyset.Keyset) error {
 
 func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|migrate-kms|show (--file PATH | --secret NAMESPACE/NAME) [flags]")
+		fmt.Fprintln(stderr, "usage: keyshift keyset create|rotate|promote|retire|revoke|migrate-kms|show (--file PATH | --secret NAMESPACE/NAME) [flags]")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -69,6 +69,8 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	var name, kmsURI *string
 	var period, retention, ackTimeout *time.Duration
 	var version *uint
+	var reason *string
+	var wait *time.Duration
 	switch sub {
 	case "create":
 		name = fs.String("name", "", "keyset name, a DNS-1123 label (required)")
@@ -79,12 +81,16 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	case "promote":
 		version = fs.Uint("version", 0, "pending version to promote (default: the newest pending)")
 	case "retire":
-		version = fs.Uint("version", 0, "version to retire: decrypt-only/pending -> disabled, disabled -> destroyed (required)")
+		version = fs.Uint("version", 0, "version to retire: decrypt-only/revoked/pending -> disabled, disabled -> destroyed (required)")
 	case "migrate-kms":
 		kmsURI = fs.String("to", "", "KMS URI of the new KEK; every version is re-wrapped under it (required)")
+	case "revoke":
+		version = fs.Uint("version", 0, "the compromised version: it stops decrypting everywhere and stays loaded for Rewrap only (required)")
+		reason = fs.String("reason", "", "why, for the audit trail and the Event")
+		wait = fs.Duration("wait", 2*time.Minute, "with --secret: how long to wait for the controller to carry the revocation out")
 	case "rotate", "show":
 	default:
-		fmt.Fprintf(stderr, "keyshift keyset: unknown subcommand %q (create, rotate, promote, retire, migrate-kms, show)\n", sub)
+		fmt.Fprintf(stderr, "keyshift keyset: unknown subcommand %q (create, rotate, promote, retire, revoke, migrate-kms, show)\n", sub)
 		return errUsage
 	}
 	if err := parse(fs, args, stderr); err != nil {
@@ -179,6 +185,12 @@ func runKeyset(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			return err
 		}
 		fmt.Fprintf(stdout, "re-wrapped every version under %s (previousKms %s); sidecars verify each key before they accept it\n", ks.KMS, ks.PreviousKMS)
+	case "revoke":
+		if *version == 0 {
+			fmt.Fprintln(stderr, "--version is required")
+			return errUsage
+		}
+		return revoke(ctx, store, ks, rev, uint32(*version), *reason, *wait, now, stdout)
 	case "retire":
 		if *version == 0 {
 			fmt.Fprintln(stderr, "--version is required")
@@ -202,6 +214,80 @@ func show(ks *keyset.Keyset, w io.Writer) error {
 	}
 	for _, v := range ks.Versions {
 		fmt.Fprintf(w, "  v%-4d %-13s kek %-6s created %s\n", v.Version, v.State, v.KEKVersion, v.CreatedAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// revoke carries out `keyshift keyset revoke`. A Secret gets a request the
+// leading controller carries out (a new primary pushed to every sidecar,
+// a short bounded wait for their ACKs, then promote and revoke in one
+// write), and the command waits for it; a file is changed at once, since
+// its readers load it themselves. Then it lists who encrypted under the
+// version, from the usage records the controller keeps.
+func revoke(ctx context.Context, store docStore, ks *keyset.Keyset, rev string, v uint32, reason string, wait time.Duration, now time.Time, stdout io.Writer) error {
+	sd, viaController := store.(secretDoc)
+	if !viaController {
+		w, err := providers.Registry(nil).Open(ctx, ks.KMS)
+		if err != nil {
+			return err
+		}
+		next, p, err := rotation.RevokeNow(ctx, w, ks, v, now)
+		if err != nil {
+			return err
+		}
+		if err := store.put(ctx, next, rev); err != nil {
+			return err
+		}
+		if p != 0 {
+			fmt.Fprintf(stdout, "v%d is the new primary, v%d is revoked; readers of the file load it on their next reload\n", p, v)
+		} else {
+			fmt.Fprintf(stdout, "v%d is revoked\n", v)
+		}
+		return show(next, stdout)
+	}
+	next, err := rotation.RequestRevoke(ks, v, reason, now)
+	if err != nil {
+		return err
+	}
+	if err := store.put(ctx, next, rev); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revocation of v%d requested; waiting up to %s for the controller\n", v, wait)
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		cur, _, err := store.get(ctx)
+		if err == nil && cur.Revocation == nil {
+			if got, _ := cur.Get(v); got.State != keyset.StateRevoked {
+				return fmt.Errorf("the controller did not revoke v%d (it is %s): see the Events of Secret %s", v, got.State, sd.key)
+			}
+			fmt.Fprintf(stdout, "v%d is revoked; v%d is the primary\n", v, cur.Primary().Version)
+			if err := show(cur, stdout); err != nil {
+				return err
+			}
+			return printHolders(ctx, sd, v, stdout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the controller has not carried out the revocation of v%d within %s: is it running and leading? The request stays in Secret %s until it does", v, wait, sd.key)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// printHolders lists who encrypted under v: whose stored data to rewrap.
+func printHolders(ctx context.Context, sd secretDoc, v uint32, stdout io.Writer) error {
+	hs, err := sd.store.Holders(ctx, sd.key)
+	if err != nil {
+		return err
+	}
+	if len(hs[v]) == 0 {
+		fmt.Fprintf(stdout, "no caller is recorded as having encrypted under v%d (records start when sidecars report usage over xDS)\n", v)
+		return nil
+	}
+	fmt.Fprintf(stdout, "encrypted under v%d, so may hold data to rewrap (batch Rewrap, then `keyshift keyset retire --version %d`):\n", v, v)
+	for _, h := range hs[v] {
+		fmt.Fprintf(stdout, "  %s\n", h)
 	}
 	return nil
 }

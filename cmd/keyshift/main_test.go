@@ -109,6 +109,29 @@ func TestCLI(t *testing.T) {
 	if code, out, _ := keyshift(t, "", "keyset", "show", "--file", file); code != 0 || strings.Contains(out, "wrappedKey") {
 		t.Fatalf("show: %d %q", code, out)
 	}
+	// The emergency path on a file: a new primary and the old one
+	// revoked in one write; the sidecar then refuses data under v2 but
+	// still rewraps it.
+	if code, out, errs := keyshift(t, "", "keyset", "revoke", "--file", file, "--version", "2"); code != 0 || !strings.Contains(out, "v3 is the new primary, v2 is revoked") || !strings.Contains(out, "v2    revoked") {
+		t.Fatalf("revoke: %d %q %q", code, out, errs)
+	}
+	if code, _, errs := keyshift(t, "", "keyset", "revoke", "--file", file, "--version", "2"); code != 1 || !strings.Contains(errs, "only a pending, primary or decrypt-only version can be revoked") {
+		t.Fatalf("revoke twice: %d %q", code, errs)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		code, _, errs := keyshift(t, re, "decrypt", "--socket", sock, "--context", "user=1")
+		if code == 1 && strings.Contains(errs, "revoked") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("decrypt under the revoked v2: %d %q", code, errs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, out, errs := keyshift(t, re, "rewrap", "--socket", sock, "--context", "user=1"); code != 0 || out == re {
+		t.Fatalf("rewrap off the revoked v2: %d %q", code, errs)
+	}
 }
 
 func TestCLIUsageErrors(t *testing.T) {

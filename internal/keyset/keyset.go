@@ -119,6 +119,18 @@ type Keyset struct {
 	// Policy tells the controller when to rotate and retire. Sidecars
 	// ignore it. Absent means manual rotation only.
 	Policy *Policy `json:"policy,omitempty"`
+	// Revocation asks the controller to revoke a version at once
+	// (`keyshift keyset revoke`); the step that revokes clears it.
+	// Sidecars ignore it.
+	Revocation *Revocation `json:"revoke,omitempty"`
+}
+
+// Revocation is a request to revoke a version whose key is known or
+// suspected compromised.
+type Revocation struct {
+	Version     uint32    `json:"version"`
+	Reason      string    `json:"reason,omitempty"`
+	RequestedAt time.Time `json:"requestedAt"`
 }
 
 // Policy is a keyset's rotation schedule.
@@ -265,6 +277,11 @@ func (ks *Keyset) Validate() error {
 	if primaries != 1 {
 		return fmt.Errorf("%w: %s: %d primary versions, want exactly 1", ErrInvalid, ks.Name, primaries)
 	}
+	if r := ks.Revocation; r != nil {
+		if _, err := ks.Get(r.Version); err != nil || r.RequestedAt.IsZero() || len(r.Reason) > 1024 {
+			return fmt.Errorf("%w: %s: revoke names v%d, which it must hold, with requestedAt and a reason of at most 1024 bytes", ErrInvalid, ks.Name, r.Version)
+		}
+	}
 	if p := ks.Policy; p != nil && (p.RotationPeriod < 0 || p.Retention < 0 || p.AckTimeout < 0) {
 		return fmt.Errorf("%w: %s: policy durations must not be negative", ErrInvalid, ks.Name)
 	}
@@ -289,6 +306,10 @@ func (ks *Keyset) Clone() *Keyset {
 	if ks.Policy != nil {
 		p := *ks.Policy
 		c.Policy = &p
+	}
+	if ks.Revocation != nil {
+		r := *ks.Revocation
+		c.Revocation = &r
 	}
 	c.Versions = make([]Version, len(ks.Versions))
 	for i, v := range ks.Versions {

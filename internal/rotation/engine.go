@@ -103,6 +103,12 @@ type Engine struct {
 	// KMSPolicy, when set, says which KMS URIs each namespace's keysets
 	// may name; a keyset naming another is neither rotated nor served.
 	KMSPolicy *KMSPolicy
+	// Poke, when it receives, starts a pass before the interval ends (a
+	// keyset Secret changed: a revocation may have been requested).
+	Poke <-chan struct{}
+	// RevokeWait bounds how long a revocation of the primary waits for
+	// every reader to load the new primary (DefaultRevokeWait when zero).
+	RevokeWait time.Duration
 	// Status publishes each keyset's latest outcome where operators look
 	// (an annotation on the Secret); may be nil. It is called only when
 	// the outcome changes.
@@ -113,6 +119,7 @@ type Engine struct {
 	auditSeq   map[string]uint64 // key -> the newest record this engine stored
 	lastStatus map[string]string
 	wrappers   *kms.Cache
+	wake       time.Time // a pass a waiting step needs before the interval ends
 }
 
 // wrapper opens the keyset's KMS once per URI for the engine's lifetime.
@@ -205,6 +212,9 @@ func (e *Engine) reconcile(ctx context.Context, key string) (Outcome, error) {
 	policy := keyset.Policy{}
 	if ks.Policy != nil {
 		policy = *ks.Policy
+	}
+	if ks.Revocation != nil {
+		return e.stepRevoke(ctx, key, w, ks, rev, now)
 	}
 	if p := LatestPending(ks); p != 0 {
 		return e.stepPending(ctx, key, ks, rev, p, policy, now)
@@ -704,10 +714,15 @@ func (e *Engine) Run(ctx context.Context, interval time.Duration, wake func() <-
 		if wake != nil {
 			w = wake()
 		}
+		d := interval
+		if t := e.nextWake(); !t.IsZero() {
+			d = min(d, max(time.Until(t), 10*time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(interval):
+		case <-time.After(d):
+		case <-e.Poke:
 		case <-w:
 			// Let a burst of ACKs from many sidecars settle first.
 			select {

@@ -58,7 +58,7 @@ func (m *Metrics) observe(label string, ks *keyset.Keyset, now time.Time) {
 		since = *p.PromotedAt
 	}
 	m.keyAge.WithLabelValues(label).Set(now.Sub(since).Seconds())
-	counts := map[keyset.State]float64{keyset.StatePending: 0, keyset.StatePrimary: 0, keyset.StateDecryptOnly: 0, keyset.StateDisabled: 0, keyset.StateDestroyed: 0}
+	counts := map[keyset.State]float64{keyset.StatePending: 0, keyset.StatePrimary: 0, keyset.StateDecryptOnly: 0, keyset.StateRevoked: 0, keyset.StateDisabled: 0, keyset.StateDestroyed: 0}
 	for _, v := range ks.Versions {
 		counts[v.State]++
 	}

@@ -439,12 +439,19 @@ func (ks *Keyset) Revoke(n uint32, now time.Time) (*Keyset, error) {
 	default:
 		return nil, fmt.Errorf("%w: %s v%d is %s; nothing opens it any more, so there is nothing to revoke", ErrTransition, ks.Name, n, v.State)
 	}
-	now = now.UTC()
+	return ks.withState(n, StateRevoked, now)
+}
+
+// withState returns a validated copy where version n is in state s since
+// now; a destroyed version loses its wrapped key and canary.
+func (ks *Keyset) withState(n uint32, s State, now time.Time) (*Keyset, error) {
 	c := ks.Clone()
 	for i := range c.Versions {
-		if c.Versions[i].Version == n {
-			c.Versions[i].State = StateRevoked
-			c.Versions[i].StateChangedAt = now
+		if v := &c.Versions[i]; v.Version == n {
+			v.State, v.StateChangedAt = s, now.UTC()
+			if s == StateDestroyed {
+				v.WrappedKey, v.Canary = nil, nil
+			}
 		}
 	}
 	return c, c.Validate()
@@ -470,19 +477,7 @@ func (ks *Keyset) Retire(n uint32, now time.Time) (*Keyset, error) {
 	default:
 		return nil, fmt.Errorf("%w: %s v%d is already %s", ErrTransition, ks.Name, n, v.State)
 	}
-	now = now.UTC()
-	c := ks.Clone()
-	for i := range c.Versions {
-		if c.Versions[i].Version == n {
-			c.Versions[i].State = next
-			c.Versions[i].StateChangedAt = now
-			if next == StateDestroyed {
-				c.Versions[i].WrappedKey = nil
-				c.Versions[i].Canary = nil
-			}
-		}
-	}
-	return c, c.Validate()
+	return ks.withState(n, next, now)
 }
 
 // ReadFile reads and validates a keyset file.

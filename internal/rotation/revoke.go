@@ -61,17 +61,28 @@ func RevokeNow(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, v uint32, 
 			}
 			p = next.Latest()
 		}
+	}
+	next, err := revoked(next, v, p, now)
+	return next, p, err
+}
+
+// revoked is ks with pending version p promoted (unless p is 0) and then
+// v revoked, the revocation request cleared: the document a revocation
+// stores, by the controller or at once.
+func revoked(ks *keyset.Keyset, v, p uint32, now time.Time) (*keyset.Keyset, error) {
+	next := ks
+	if p != 0 {
 		var err error
-		if next, err = next.Promote(p, now); err != nil {
-			return nil, 0, err
+		if next, err = ks.Promote(p, now); err != nil {
+			return nil, err
 		}
 	}
 	next, err := next.Revoke(v, now)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	next.Revocation = nil
-	return next, p, next.Validate()
+	return next, next.Validate()
 }
 
 // stepRevoke carries out a stored revocation request, one persisted step
@@ -97,11 +108,10 @@ func (e *Engine) stepRevoke(ctx context.Context, key string, w kms.Wrapper, ks *
 		return e.commit(ctx, key, next, rev, "revoke-refused", []uint32{r.Version}, err.Error())
 	}
 	if ks.Primary().Version != r.Version {
-		next, err := ks.Revoke(r.Version, now)
+		next, err := revoked(ks, r.Version, 0, now)
 		if err != nil {
 			return e.fail(ctx, key, ks, "revoke", []uint32{r.Version}, err)
 		}
-		next.Revocation = nil
 		return e.commit(ctx, key, next, rev, "revoke", []uint32{r.Version}, why)
 	}
 	p := LatestPending(ks)
@@ -144,14 +154,10 @@ func (e *Engine) stepRevoke(ctx context.Context, key string, w kms.Wrapper, ks *
 				r.Version, total-len(missing), total, p, deadline.UTC().Format(time.TimeOnly), nodeList(missing))}, nil
 		}
 	}
-	next, err := ks.Promote(p, now)
-	if err == nil {
-		next, err = next.Revoke(r.Version, now)
-	}
+	next, err := revoked(ks, r.Version, p, now)
 	if err != nil {
 		return e.fail(ctx, key, ks, "revoke", []uint32{r.Version, p}, err)
 	}
-	next.Revocation = nil
 	switch {
 	case e.Dist == nil:
 		why += fmt.Sprintf("; v%d promoted at once (readers mount the document)", p)

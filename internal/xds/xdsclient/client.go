@@ -132,16 +132,26 @@ func (c *Client) Run(ctx context.Context) error {
 // attempt runs one session on a connection of its own, with the CA bundle
 // and token as they are now on disk.
 func (c *Client) attempt(ctx context.Context, opts []grpc.DialOption) error {
-	sec, err := c.credentials()
-	if err != nil {
-		return err
-	}
-	conn, err := grpc.NewClient(c.Addr, append(opts, sec...)...)
+	conn, err := c.dial(opts)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	return c.session(ctx, secretservice.NewSecretDiscoveryServiceClient(conn))
+}
+
+// dial makes a new connection with opts and the CA bundle and token as
+// they are now on disk.
+func (c *Client) dial(opts []grpc.DialOption) (*grpc.ClientConn, error) {
+	sec, err := c.credentials()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(c.Addr, append(append([]grpc.DialOption{}, opts...), sec...)...)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return conn, nil
 }
 
 func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryServiceClient) error {
@@ -198,13 +208,9 @@ func (c *Client) Report(ctx context.Context, recs []*usagev1.Record) error {
 	if err := c.CheckSecurity(); err != nil {
 		return err
 	}
-	sec, err := c.credentials()
+	conn, err := c.dial(c.DialOptions)
 	if err != nil {
 		return err
-	}
-	conn, err := grpc.NewClient(c.Addr, append(append([]grpc.DialOption{}, c.DialOptions...), sec...)...)
-	if err != nil {
-		return fmt.Errorf("xds: %w", err)
 	}
 	defer conn.Close()
 	_, err = usagev1.NewKeyUsageClient(conn).Report(ctx, &usagev1.ReportRequest{NodeId: c.NodeID, Records: recs})

@@ -9,7 +9,7 @@ export PATH := $(TOOLBIN):$(PATH)
 STATICCHECK_VERSION := 2026.1
 FUZZTIME ?= 8s
 # Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
-FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse sidecar:FuzzHTTPAPI injector:FuzzParseAnnotations injector:FuzzHandler
+FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse internal/sidecar:FuzzHTTPAPI internal/injector:FuzzParseAnnotations internal/injector:FuzzHandler
 
 .PHONY: test-servers all build figures e2e kube-binaries cluster cluster-down image demo test fuzz fuzz-save lint generate bench tools clean
 
@@ -96,7 +96,7 @@ fuzz-save:
 	  echo "$$dst: $$(ls $$dst | wc -l) inputs"; done
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./sidecar/ ./internal/envelope/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/sidecar/ ./internal/envelope/
 
 lint: tools
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -name '*.pb.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

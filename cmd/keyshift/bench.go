@@ -13,7 +13,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/sidecar/client"
-	"github.com/keyshift/keyshift/sidecar/loadtest"
+	"github.com/keyshift/keyshift/internal/loadtest"
 )
 
 func parseMix(s string, batch int) (loadtest.Mix, error) {

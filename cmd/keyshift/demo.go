@@ -6,7 +6,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/keyshift/keyshift/sidecar/demo"
+	"github.com/keyshift/keyshift/internal/demo"
 )
 
 func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
-	"github.com/keyshift/keyshift/injector"
+	"github.com/keyshift/keyshift/internal/injector"
 )
 
 // runInjector is `keyshift injector`: the mutating admission webhook that

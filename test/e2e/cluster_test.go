@@ -26,7 +26,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
-	"github.com/keyshift/keyshift/injector/injectortest"
+	"github.com/keyshift/keyshift/internal/injector/injectortest"
 )
 
 // buildHint is what a missing binary's failure says.

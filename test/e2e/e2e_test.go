@@ -38,8 +38,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
-	"github.com/keyshift/keyshift/injector"
-	"github.com/keyshift/keyshift/injector/injectortest"
+	"github.com/keyshift/keyshift/internal/injector"
+	"github.com/keyshift/keyshift/internal/injector/injectortest"
 )
 
 const (

@@ -18,7 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/keyshift/keyshift/injector"
+	"github.com/keyshift/keyshift/internal/injector"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 )
 

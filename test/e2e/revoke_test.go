@@ -31,7 +31,7 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 	"github.com/keyshift/keyshift/internal/xds/xdstest"
-	"github.com/keyshift/keyshift/sidecar"
+	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 

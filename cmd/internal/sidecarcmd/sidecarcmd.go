@@ -14,7 +14,7 @@ import (
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
-	"github.com/keyshift/keyshift/sidecar"
+	"github.com/keyshift/keyshift/internal/sidecar"
 )
 
 // keysetFlags collects repeated --keyset NAME=PATH.

@@ -12,7 +12,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
-	"github.com/keyshift/keyshift/sidecar"
+	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 

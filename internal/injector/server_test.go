@@ -26,7 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/keyshift/keyshift/injector/injectortest"
+	"github.com/keyshift/keyshift/internal/injector/injectortest"
 )
 
 // syncBuffer is a log sink safe for the server's goroutines.

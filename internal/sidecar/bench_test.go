@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
-	"github.com/keyshift/keyshift/sidecar/loadtest"
+	"github.com/keyshift/keyshift/internal/loadtest"
 )
 
 func startEcho(b *testing.B) string {

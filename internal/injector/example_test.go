@@ -6,7 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/keyshift/keyshift/injector"
+	"github.com/keyshift/keyshift/internal/injector"
 )
 
 // An app team writes two annotations; Inject adds the native sidecar, the

@@ -807,7 +807,7 @@ func TestExtAuthzPolicyErrors(t *testing.T) {
 // The shipped examples load: the commented YAML policy, the same policy as
 // JSON, and the copy embedded in the Istio ConfigMap.
 func TestExtAuthzPolicyExamples(t *testing.T) {
-	y, err := LoadExtAuthzPolicy("../examples/extauthz-policy.yaml")
+	y, err := LoadExtAuthzPolicy("../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -840,7 +840,7 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 		t.Errorf("Keysets (-want +got):\n%s", diff)
 	}
 
-	raw, err := os.ReadFile("../examples/extauthz-policy.yaml")
+	raw, err := os.ReadFile("../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -856,7 +856,7 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 		t.Errorf("JSON form (-want +got):\n%s", diff)
 	}
 
-	cmRaw, err := os.ReadFile("../examples/istio/keyshift-extauthz-policy.yaml")
+	cmRaw, err := os.ReadFile("../../examples/istio/keyshift-extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -991,7 +991,7 @@ func TestExtAuthzDecisionRedacted(t *testing.T) {
 // every message, typed configs included, and point at the sidecar's
 // documented socket and port.
 func TestExtAuthzEnvoyExampleIsValidBootstrap(t *testing.T) {
-	raw, err := os.ReadFile("../examples/envoy/envoy.yaml")
+	raw, err := os.ReadFile("../../examples/envoy/envoy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1101,7 +1101,7 @@ func TestExtAuthzIstioExamplesAgree(t *testing.T) {
 	}
 	byKind := map[string]doc{}
 	for _, f := range []string{"mesh-config.yaml", "authorization-policy.yaml"} {
-		raw, err := os.ReadFile(filepath.Join("../examples/istio", f))
+		raw, err := os.ReadFile(filepath.Join("../../examples/istio", f))
 		if err != nil {
 			t.Fatal(err)
 		}

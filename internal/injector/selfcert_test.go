@@ -54,7 +54,7 @@ var ignoreManagedFields = cmpopts.IgnoreFields(metav1.ObjectMeta{}, "ManagedFiel
 // readManifest decodes the YAML documents of manifests/injector/name.
 func readManifest(t *testing.T, name string) [][]byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "manifests", "injector", name))
+	data, err := os.ReadFile(filepath.Join("..", "..", "manifests", "injector", name))
 	if err != nil {
 		t.Fatal(err)
 	}

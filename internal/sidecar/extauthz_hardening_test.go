@@ -39,7 +39,7 @@ func tokenCtx(rule map[string]string) map[string]string {
 // examplePolicy is the shipped examples/extauthz-policy.yaml, unchanged.
 func examplePolicy(t testing.TB) string {
 	t.Helper()
-	raw, err := os.ReadFile("../examples/extauthz-policy.yaml")
+	raw, err := os.ReadFile("../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/keyshift/keyshift/internal/kms/providers"
-	"github.com/keyshift/keyshift/sidecar/client"
 	"github.com/keyshift/keyshift/internal/loadtest"
+	"github.com/keyshift/keyshift/sidecar/client"
 )
 
 func parseMix(s string, batch int) (loadtest.Mix, error) {

@@ -22,10 +22,10 @@ import (
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/kms/providers"
+	"github.com/keyshift/keyshift/internal/loadtest"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/sidecar/client"
-	"github.com/keyshift/keyshift/internal/loadtest"
 )
 
 // Options tune the demo.

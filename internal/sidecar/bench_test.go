@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 	"github.com/keyshift/keyshift/internal/loadtest"
+	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
 func startEcho(b *testing.B) string {

@@ -1,83 +1,14 @@
 package sidecar
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/keyshift/keyshift/internal/envelope"
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
 )
-
-// Errors the service returns. They are mapped to gRPC codes and HTTP
-// statuses in one place, toStatus.
-var (
-	// ErrNotReady: no keyring is loaded yet for the keyset.
-	ErrNotReady = errors.New("sidecar: keyring not loaded yet")
-	// ErrUnknownKeyset: the sidecar does not serve that keyset.
-	ErrUnknownKeyset = errors.New("sidecar: unknown keyset")
-	// ErrUnknownKeyVersion: the version named in a ciphertext is not loaded
-	// (never existed here, disabled or destroyed).
-	ErrUnknownKeyVersion = errors.New("sidecar: key version not available")
-	// ErrKeysetRequired: the request names no keyset and the sidecar serves several.
-	ErrKeysetRequired = errors.New("sidecar: keyset required")
-	// ErrBatchTooLarge: a batch holds more than MaxBatch items.
-	ErrBatchTooLarge = errors.New("sidecar: batch too large")
-	// ErrBadMAC: a MAC does not verify under the version it names.
-	ErrBadMAC = errors.New("sidecar: MAC does not verify")
-	// ErrPermissionDenied: the peer's UID is not on the allowlist.
-	ErrPermissionDenied = errors.New("sidecar: peer not allowed")
-	// ErrRevoked: the ciphertext or MAC names a revoked version, whose key
-	// may be compromised. Decrypt and Verify refuse it, so data forged
-	// with a stolen key is not accepted; Rewrap still moves the data under
-	// the primary.
-	ErrRevoked = errors.New("sidecar: key version revoked")
-)
-
-// MaxBatch is the most items one batch call may carry.
-const MaxBatch = 1000
-
-// reason is the metric label and log word for an error. It never carries
-// data from the request.
-func reason(err error) string {
-	switch {
-	case err == nil:
-		return ""
-	case errors.Is(err, envelope.ErrDecrypt):
-		return "auth_failed"
-	case errors.Is(err, envelope.ErrMalformed):
-		return "malformed"
-	case errors.Is(err, envelope.ErrUnsupportedFormat):
-		return "unsupported_format"
-	case errors.Is(err, envelope.ErrBadContext):
-		return "bad_context"
-	case errors.Is(err, envelope.ErrTooLarge):
-		return "too_large"
-	case errors.Is(err, ErrUnknownKeyset):
-		return "unknown_keyset"
-	case errors.Is(err, ErrUnknownKeyVersion):
-		return "unknown_version"
-	case errors.Is(err, ErrRevoked):
-		return "revoked"
-	case errors.Is(err, ErrNotReady):
-		return "not_ready"
-	case errors.Is(err, ErrKeysetRequired):
-		return "keyset_required"
-	case errors.Is(err, ErrBatchTooLarge):
-		return "batch_too_large"
-	case errors.Is(err, ErrPermissionDenied):
-		return "permission_denied"
-	case errors.Is(err, ErrBadMAC):
-		return "bad_mac"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
-	default:
-		return "internal"
-	}
-}
 
 // toStatus maps a service error to the gRPC status the caller sees. A
 // decryption failure is one opaque message whatever its cause.
@@ -85,7 +16,7 @@ func toStatus(err error) *status.Status {
 	if err == nil {
 		return status.New(codes.OK, "")
 	}
-	switch reason(err) {
+	switch cryptoapi.Reason(err) {
 	case "auth_failed":
 		return status.New(codes.InvalidArgument, "decryption failed")
 	case "bad_mac":
@@ -132,9 +63,9 @@ func httpStatus(c codes.Code) int {
 }
 
 func unknownVersion(keyset string, v uint32) error {
-	return fmt.Errorf("%w: %s v%d is not loaded (unknown, disabled or destroyed)", ErrUnknownKeyVersion, keyset, v)
+	return fmt.Errorf("%w: %s v%d is not loaded (unknown, disabled or destroyed)", cryptoapi.ErrUnknownKeyVersion, keyset, v)
 }
 
 func revokedVersion(keyset string, v uint32) error {
-	return fmt.Errorf("%w: keyset %s v%d is revoked: rewrap the data with Rewrap, or restore it from a backup", ErrRevoked, keyset, v)
+	return fmt.Errorf("%w: keyset %s v%d is revoked: rewrap the data with Rewrap, or restore it from a backup", cryptoapi.ErrRevoked, keyset, v)
 }

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
+	"github.com/keyshift/keyshift/internal/socket"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
@@ -47,7 +49,7 @@ func (a *grpcAPI) Rewrap(ctx context.Context, r *v1.RewrapRequest) (*v1.RewrapRe
 	return rewrapResponse(res), nil
 }
 
-func rewrapResponse(res Sealed) *v1.RewrapResponse {
+func rewrapResponse(res cryptoapi.Sealed) *v1.RewrapResponse {
 	return &v1.RewrapResponse{Ciphertext: res.Ciphertext, Keyset: res.Keyset, FromVersion: res.FromVersion, Version: res.Version, Rewrapped: res.Rewrapped}
 }
 
@@ -141,7 +143,7 @@ func statusResponse(svc *Service, lastErr func(string) string) *v1.StatusRespons
 
 // authorize refuses calls from peers whose UID is not on the allowlist,
 // with a PERMISSION_DENIED that says which UID and how to allow it.
-func authorize(allow uidAllowlist, m *Metrics) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+func authorize(allow socket.Allowlist, m *Metrics) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	check := func(ctx context.Context) error {
 		if allow == nil {
 			return nil
@@ -150,10 +152,10 @@ func authorize(allow uidAllowlist, m *Metrics) (grpc.UnaryServerInterceptor, grp
 		if !ok {
 			return status.Error(codes.PermissionDenied, "no peer information")
 		}
-		info, ok := p.AuthInfo.(peerAuthInfo)
-		if !ok || !allow.allows(info.Cred.UID) {
-			m.peerRejected("grpc")
-			return status.Error(codes.PermissionDenied, deniedMessage(info.Cred.UID))
+		info, ok := p.AuthInfo.(socket.AuthInfo)
+		if !ok || !allow.Allows(info.Peer.UID) {
+			m.PeerRejected("grpc")
+			return status.Error(codes.PermissionDenied, deniedMessage(info.Peer.UID))
 		}
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/rotation/rotationtest"
 	"github.com/keyshift/keyshift/internal/testbin"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
@@ -30,6 +32,8 @@ type env struct {
 	kekPath string
 	kms     *local.KMS
 	files   map[string]string
+	names   []string
+	keysets *rotationtest.Files
 	srv     *Server
 	cfg     Config
 	logs    *testbin.SyncBuffer
@@ -41,12 +45,7 @@ type envOpt func(*env)
 
 func withAllowed(uids []uint32) envOpt { return func(e *env) { e.cfg.AllowedUIDs = uids } }
 func withKeysets(names ...string) envOpt {
-	return func(e *env) {
-		e.files = map[string]string{}
-		for _, n := range names {
-			e.files[n] = filepath.Join(e.dir, n+".json")
-		}
-	}
+	return func(e *env) { e.names = names }
 }
 func withoutWait() envOpt { return func(e *env) { e.cfg.Resync = -1 } }
 
@@ -59,9 +58,7 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, dir: dir, kekPath: filepath.Join(dir, "kek.json"), logs: &testbin.SyncBuffer{}}
-	e.kms = local.New(e.kekPath)
-	e.files = map[string]string{"payments": filepath.Join(dir, "payments.json")}
+	e := &env{t: t, dir: dir, logs: &testbin.SyncBuffer{}, names: []string{"payments"}}
 	e.cfg = Config{
 		Socket:      filepath.Join(dir, "ks.sock"),
 		MetricsAddr: "127.0.0.1:0",
@@ -76,17 +73,9 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	if e.cfg.Resync < 0 {
 		wait, e.cfg.Resync = false, time.Hour
 	}
-	e.cfg.Keysets = map[string]string{}
-	for name, path := range e.files {
-		ks, err := rotation.Create(context.Background(), e.kms, name, "local://"+e.kekPath, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := keyset.WriteFile(path, ks); err != nil {
-			t.Fatal(err)
-		}
-		e.cfg.Keysets[name] = path
-	}
+	e.keysets = rotationtest.NewFiles(t, dir, e.names...)
+	e.files, e.kms, e.kekPath = e.keysets.Paths, e.keysets.KMS, e.keysets.KEKPath
+	e.cfg.Keysets = maps.Clone(e.files)
 	e.start()
 	if wait {
 		e.waitReady()
@@ -139,38 +128,17 @@ func (e *env) waitReady() {
 }
 
 // keyset reads the current document of name.
-func (e *env) keyset(name string) *keyset.Keyset {
-	e.t.Helper()
-	ks, err := keyset.ReadFile(e.files[name])
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return ks
-}
+func (e *env) keyset(name string) *keyset.Keyset { return e.keysets.Read(name) }
 
-func (e *env) write(name string, ks *keyset.Keyset) {
-	e.t.Helper()
-	if err := keyset.WriteFile(e.files[name], ks); err != nil {
-		e.t.Fatal(err)
-	}
-}
+func (e *env) write(name string, ks *keyset.Keyset) { e.keysets.Write(name, ks) }
 
 // rotate adds a pending version to the file, waits until the sidecar has
 // it, then promotes it and waits again.
 func (e *env) rotate(name string) uint32 {
 	e.t.Helper()
-	ks, err := rotation.AddVersion(context.Background(), e.kms, e.keyset(name), time.Now())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	n := ks.Latest()
-	e.write(name, ks)
+	n := e.keysets.AddPending(name)
 	e.waitFor(func(st KeysetStatus) bool { return hasVersion(st, n, "pending") })
-	ks, err = ks.Promote(n, time.Now())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.write(name, ks)
+	e.keysets.Promote(name, n)
 	e.waitFor(func(st KeysetStatus) bool { return st.Primary == n })
 	return n
 }
@@ -179,11 +147,7 @@ func (e *env) rotate(name string) uint32 {
 // sidecar has loaded it so.
 func (e *env) revoke(name string, n uint32) {
 	e.t.Helper()
-	ks, err := e.keyset(name).Revoke(n, time.Now())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.write(name, ks)
+	e.keysets.Revoke(name, n)
 	e.waitFor(func(st KeysetStatus) bool { return st.Name == name && hasVersion(st, n, "revoked") })
 }
 

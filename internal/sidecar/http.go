@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 
 	"google.golang.org/grpc/codes"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keyshift/keyshift/internal/socket"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
@@ -19,13 +19,11 @@ import (
 // 5.4 MiB in base64.
 const MaxHTTPBody = 8 << 20
 
-type peerKey struct{}
-
 // httpAPI serves the Crypto API as HTTP/JSON on the Unix socket, for curl
 // and languages without gRPC. Bodies are the protobuf messages in their
 // canonical JSON form (bytes as base64). Errors are
 // {"code": "InvalidArgument", "message": "..."} with a matching HTTP status.
-func httpAPI(api *grpcAPI, allow uidAllowlist, m *Metrics) http.Handler {
+func httpAPI(api *grpcAPI, allow socket.Allowlist, m *Metrics) http.Handler {
 	mux := http.NewServeMux()
 	handle := func(path string, newReq func() proto.Message, call func(context.Context, proto.Message) (proto.Message, error)) {
 		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
@@ -78,23 +76,14 @@ func httpAPI(api *grpcAPI, allow uidAllowlist, m *Metrics) http.Handler {
 		writeHTTPError(w, status.New(codes.NotFound, "no such endpoint: "+r.Method+" "+r.URL.Path+" (see POST /v1/encrypt, /v1/decrypt, /v1/rewrap, /v1/batch/{encrypt,decrypt,rewrap}, GET /v1/status)"))
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cred, _ := r.Context().Value(peerKey{}).(PeerCred)
-		if allow != nil && !allow.allows(cred.UID) {
-			m.peerRejected("http")
-			writeHTTPError(w, status.New(codes.PermissionDenied, deniedMessage(cred.UID)))
+		p, _ := socket.FromContext(r.Context())
+		if !allow.Allows(p.UID) {
+			m.PeerRejected("http")
+			writeHTTPError(w, status.New(codes.PermissionDenied, deniedMessage(p.UID)))
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
-}
-
-// httpConnContext puts the connection's peer credentials into each
-// request's context.
-func httpConnContext(ctx context.Context, c net.Conn) context.Context {
-	if pc, ok := c.(*peerConn); ok {
-		return context.WithValue(ctx, peerKey{}, pc.cred)
-	}
-	return ctx
 }
 
 func writeJSON(w http.ResponseWriter, code int, m proto.Message) {

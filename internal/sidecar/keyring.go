@@ -109,11 +109,11 @@ func (l *loader) wrapper(ctx context.Context, uri string) (kms.Wrapper, error) {
 // On any error it returns nil and the caller keeps prev.
 func (l *loader) build(ctx context.Context, doc *keyset.Keyset, prev *ringSet, source string) (*ringSet, error) {
 	if prev != nil {
-		if isStale(prev.doc, doc) {
+		if keyset.IsStaleCopy(prev.doc, doc) {
 			return nil, errStale
 		}
-		if err := checkSuccessor(prev.doc, doc); err != nil {
-			return nil, err
+		if err := keyset.CheckSuccessor(prev.doc, doc); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrKeysetRejected, err)
 		}
 	}
 	next := &ringSet{
@@ -214,66 +214,3 @@ func sameKey(a, b *envelope.Key) bool {
 // the kubelet has not synced yet while xDS already delivered a newer one).
 // It is ignored, not an error: the higher complete document wins.
 var errStale = errors.New("sidecar: document is not newer than the loaded one")
-
-// isStale reports whether doc is the same as, or an older copy of, cur: its
-// versions are a prefix of cur's, none is further along its lifecycle, and
-// where the states are all equal the wrapped keys are too (a KEK rewrap
-// changes only wrapped keys and must load).
-func isStale(cur, doc *keyset.Keyset) bool {
-	if doc.Name != cur.Name || doc.Latest() > cur.Latest() {
-		return false
-	}
-	sameStates := len(doc.Versions) == len(cur.Versions)
-	sameKeys := true
-	for _, cv := range cur.Versions {
-		dv, err := doc.Get(cv.Version)
-		if err != nil {
-			if cv.Version <= doc.Latest() {
-				return false // a hole: not a copy of cur at any time
-			}
-			continue
-		}
-		if dv.State.Rank() > cv.State.Rank() {
-			return false
-		}
-		if dv.State != cv.State {
-			sameStates = false
-		}
-		if !bytes.Equal(dv.WrappedKey, cv.WrappedKey) {
-			sameKeys = false
-		}
-	}
-	return !sameStates || sameKeys
-}
-
-// checkSuccessor refuses a document that would make data unreadable or
-// slip in a key from elsewhere: a different keyset name, another KMS key
-// without a recorded migration, a version that vanished, or a state that
-// moved backwards (a stale file restored over a newer one, or a revoked
-// version made decryptable again).
-//
-// The KMS URI is pinned because a document that keeps every old version
-// and adds a primary wrapped under another KMS key would otherwise load:
-// whoever can wrap under any key the pod's KMS role can use could choose
-// the key the pod encrypts with. A migration names the old URI in
-// previousKms, and build then unwraps every version under the new URI and
-// requires the keys it already holds, which only someone able to unwrap
-// them can arrange.
-func checkSuccessor(prev, next *keyset.Keyset) error {
-	if prev.Name != next.Name {
-		return fmt.Errorf("%w: keyset name changed from %q to %q", ErrKeysetRejected, prev.Name, next.Name)
-	}
-	if prev.KMS != next.KMS && next.PreviousKMS != prev.KMS {
-		return fmt.Errorf("%w: %s: the KMS key changed from %s to %s without a migration (previousKms must name the key it replaces; use keyshift keyset migrate-kms)", ErrKeysetRejected, prev.Name, prev.KMS, next.KMS)
-	}
-	for _, pv := range prev.Versions {
-		nv, err := next.Get(pv.Version)
-		if err != nil {
-			return fmt.Errorf("%w: %s v%d disappeared from the document (retire versions, never delete them)", ErrKeysetRejected, prev.Name, pv.Version)
-		}
-		if nv.State.Rank() < pv.State.Rank() {
-			return fmt.Errorf("%w: %s v%d moved back from %s to %s (is this an old copy of the document?)", ErrKeysetRejected, prev.Name, pv.Version, pv.State, nv.State)
-		}
-	}
-	return nil
-}

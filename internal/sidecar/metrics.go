@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
 )
 
 // Metrics are the sidecar's Prometheus series, on a registry of its own
@@ -83,7 +85,7 @@ func (m *Metrics) observe(op string, d time.Duration, err error) {
 		return
 	}
 	m.requests.WithLabelValues(op, "error").Inc()
-	m.errors.WithLabelValues(op, reason(err)).Inc()
+	m.errors.WithLabelValues(op, cryptoapi.Reason(err)).Inc()
 }
 
 func (m *Metrics) item(op string, err error) {
@@ -92,7 +94,7 @@ func (m *Metrics) item(op string, err error) {
 		return
 	}
 	m.items.WithLabelValues(op, "error").Inc()
-	m.errors.WithLabelValues(op, reason(err)).Inc()
+	m.errors.WithLabelValues(op, cryptoapi.Reason(err)).Inc()
 }
 
 func (m *Metrics) loaded(name string, s *ringSet) {
@@ -113,7 +115,9 @@ func (m *Metrics) reload(name, source, result string) {
 	m.reloads.WithLabelValues(name, source, result).Inc()
 }
 
-func (m *Metrics) peerRejected(api string) {
+// PeerRejected counts a connection or call refused because of its peer's
+// UID, on api ("grpc", "http", "extauthz").
+func (m *Metrics) PeerRejected(api string) {
 	m.peers.WithLabelValues(api).Inc()
 }
 

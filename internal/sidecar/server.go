@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/socket"
 	"github.com/keyshift/keyshift/internal/xds/usagev1"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
@@ -68,7 +68,8 @@ type Config struct {
 	// KMSTimeout bounds each KMS call.
 	KMSTimeout time.Duration
 	// KMSPoll asks the KMS for the KEK's primary version this often and
-	// rereads the keyset when it changes (0 disables).
+	// rereads the keyset file when it changes (0 disables). Keysets
+	// without a file are not polled: xDS pushes their new documents.
 	KMSPoll time.Duration
 	// UsageInterval is how often the aggregated key usage records are
 	// written to the log (1m when zero).
@@ -78,8 +79,6 @@ type Config struct {
 	// memory, for calls still running on the previous keyring (1m when
 	// zero).
 	DroppedKeyGrace time.Duration
-	// ExtAuthz serves the Envoy ext_authz API (off when Addr and Socket are empty).
-	ExtAuthz ExtAuthzConfig
 }
 
 func (c *Config) defaults() error {
@@ -144,12 +143,12 @@ type Server struct {
 	// same keyset at once.
 	applyMu sync.Mutex
 
-	ready     chan struct{}
-	readyMu   sync.Once
-	done      chan struct{}
-	runErr    error
-	opsL      net.Listener
-	authzAddr string
+	ready   chan struct{}
+	readyMu sync.Once
+	done    chan struct{}
+	errOnce sync.Once
+	runErr  error
+	opsL    net.Listener
 }
 
 // Start listens on the socket, starts loading keysets and serving, and
@@ -173,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.health.SetServingStatus(v1.Crypto_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 
-	l, err := listenUnix(cfg.Socket, cfg.SocketMode)
+	l, err := socket.Listen(cfg.Socket, cfg.SocketMode)
 	if err != nil {
 		return nil, err
 	}
@@ -185,24 +184,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.opsL = metricsL
 	}
-	authzAddr, stopAuthz, err := startExtAuthz(ctx, s.svc, s.metrics, s.log, cfg.ExtAuthz)
-	if err != nil {
-		l.Close()
-		if metricsL != nil {
-			metricsL.Close()
-		}
-		return nil, err
-	}
-	s.authzAddr = authzAddr
-	var allow uidAllowlist
-	if cfg.AllowedUIDs != nil {
-		allow = uidAllowlist{}
-		for _, u := range cfg.AllowedUIDs {
-			allow[u] = true
-		}
-	}
+	allow := socket.NewAllowlist(cfg.AllowedUIDs)
 	unary, stream := authorize(allow, s.metrics)
-	gs := grpc.NewServer(grpc.Creds(peerCreds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
+	gs := grpc.NewServer(grpc.Creds(socket.Creds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
 		grpc.MaxRecvMsgSize(MaxHTTPBody), grpc.MaxSendMsgSize(MaxHTTPBody),
 		// Reuse handler goroutines: a fresh goroutine per call pays for
 		// stack growth through the crypto path (8% of CPU in profiles).
@@ -210,58 +194,49 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	api := &grpcAPI{svc: s.svc, lastErr: s.lastError}
 	v1.RegisterCryptoServer(gs, api)
 	healthpb.RegisterHealthServer(gs, s.health)
-	hs := &http.Server{Handler: httpAPI(api, allow, s.metrics), ConnContext: httpConnContext, ReadHeaderTimeout: 10 * time.Second}
-	dm := newDemux(l, s.log)
+	hs := &http.Server{Handler: httpAPI(api, allow, s.metrics), ConnContext: socket.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	dm := socket.NewDemux(l, s.log)
 
+	// A part that stops on its own (not because ctx ended) stops the
+	// whole server, and Wait returns its error.
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
-	run(func() { dm.serve(ctx) })
-	run(func() { _ = gs.Serve(dm.grpc) })
-	run(func() { _ = hs.Serve(dm.web) })
+	run := func(what string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && ctx.Err() == nil {
+				s.errOnce.Do(func() { s.runErr = fmt.Errorf("sidecar: %s: %w", what, err) })
+				s.log.Error("sidecar part failed; stopping", "part", what, "err", err)
+				cancel()
+			}
+		}()
+	}
+	run("socket", func() error { dm.Serve(ctx); return nil })
+	run("gRPC API", func() error { return gs.Serve(dm.GRPC()) })
+	run("HTTP API", func() error { return hs.Serve(dm.HTTP()) })
 	var ms *http.Server
 	if metricsL != nil {
 		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
-		run(func() { _ = ms.Serve(metricsL) })
+		run("ops listener", func() error { return ms.Serve(metricsL) })
 	}
 	var xc *xdsclient.Client
 	if cfg.XDSAddr != "" {
 		xc = &xdsclient.Client{Addr: cfg.XDSAddr, NodeID: cfg.NodeID, Keysets: names, Apply: s.applyXDS, Log: s.log,
 			CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TokenFile: cfg.XDSTokenFile, Insecure: cfg.XDSInsecure}
-		run(func() { _ = xc.Run(ctx) })
+		run("xDS client", func() error { return xc.Run(ctx) })
 	}
-	run(func() { s.usageLoop(ctx, xc) })
-	for _, name := range names {
-		poke := make(chan struct{}, 1)
-		if cfg.Keysets[name] != "" {
-			fs := &fileSource{name: name, path: cfg.Keysets[name], apply: s.apply, log: s.log, resync: cfg.Resync, poke: poke,
-				fail: func(err error) { s.loadFailed(name, err) }}
-			run(func() { fs.run(ctx, s.metrics) })
-		}
-		if cfg.KMSPoll > 0 {
-			p := &kmsPoller{name: name, loader: s.loader, interval: cfg.KMSPoll, timeout: cfg.KMSTimeout, log: s.log, metrics: s.metrics,
-				uri: func() string {
-					if set, ok := s.ring.load().set(name); ok {
-						return set.doc.KMS
-					}
-					return ""
-				},
-				notify: func() {
-					select {
-					case poke <- struct{}{}:
-					default:
-					}
-				}}
-			run(func() { p.run(ctx) })
-		}
+	run("usage log", func() error { s.usageLoop(ctx, xc); return nil })
+	for _, src := range s.sources(names) {
+		run("keyset source", func() error { src.run(ctx); return nil })
 	}
 	s.log.Info("sidecar listening", "socket", cfg.Socket, "mode", fmt.Sprintf("%#o", cfg.SocketMode),
-		"metrics", cfg.MetricsAddr, "keysets", names, "allowed_uids", allowedString(cfg.AllowedUIDs))
+		"metrics", cfg.MetricsAddr, "keysets", names, "allowed_uids", socket.Describe(cfg.AllowedUIDs))
 	go func() {
 		<-ctx.Done()
 		s.health.Shutdown()
-		dm.close()
-		stopGRPC(gs, 5*time.Second)
-		stopAuthz()
+		dm.Close()
+		socket.StopGRPC(gs, 5*time.Second)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(sctx)
@@ -269,21 +244,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			_ = ms.Shutdown(sctx)
 		}
 		wg.Wait()
+		cancel()
 		s.log.Info("sidecar stopped")
 		close(s.done)
 	}()
 	return s, nil
-}
-
-func allowedString(uids []uint32) string {
-	if uids == nil {
-		return "any (socket file mode decides)"
-	}
-	parts := make([]string, len(uids))
-	for i, u := range uids {
-		parts[i] = fmt.Sprint(u)
-	}
-	return strings.Join(parts, ",")
 }
 
 // Run starts the sidecar and blocks until ctx is canceled.
@@ -312,9 +277,6 @@ func (s *Server) OpsAddr() string {
 	}
 	return s.opsL.Addr().String()
 }
-
-// ExtAuthzAddr is the loopback address ext_authz is served on, or "" when off.
-func (s *Server) ExtAuthzAddr() string { return s.authzAddr }
 
 // Service is the crypto core, for in-process callers and tests.
 func (s *Server) Service() *Service { return s.svc }
@@ -371,14 +333,14 @@ func (s *Server) applyXDS(ctx context.Context, name string, data []byte) error {
 	}
 	if err != nil {
 		s.metrics.reload(name, source, "invalid")
-		s.loadFailed(name, err)
+		s.failed(name, err)
 		return err
 	}
 	changed, err := s.apply(ctx, doc, source)
 	switch {
 	case err != nil:
 		s.metrics.reload(name, source, reloadReason(err))
-		s.loadFailed(name, err)
+		s.failed(name, err)
 		return err
 	case changed:
 		s.metrics.reload(name, source, "ok")
@@ -395,7 +357,7 @@ func reloadReason(err error) string {
 	return kms.Reason(err)
 }
 
-func (s *Server) loadFailed(name string, err error) {
+func (s *Server) failed(name string, err error) {
 	s.errMu.Lock()
 	s.lastErr[name] = err.Error()
 	s.errMu.Unlock()
@@ -496,15 +458,4 @@ func usageProto(recs []UsageRecord) []*usagev1.Record {
 			Version: r.Version, Op: r.Op, Ok: r.OK, Failed: r.Failed}
 	}
 	return out
-}
-
-// stopGRPC lets in-flight calls finish for up to grace, then cuts the rest.
-func stopGRPC(gs *grpc.Server, grace time.Duration) {
-	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(grace):
-		gs.Stop()
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyshift/keyshift/internal/envelope"
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
 )
 
 // Service is the sidecar's crypto core as plain Go: the gRPC and HTTP
@@ -25,22 +26,6 @@ type Service struct {
 	usage    *usage // nil: not recorded
 }
 
-// Sealed is the result of Encrypt or Rewrap.
-type Sealed struct {
-	Ciphertext  []byte
-	Keyset      string
-	Version     uint32
-	FromVersion uint32
-	Rewrapped   bool
-}
-
-// Opened is the result of Decrypt.
-type Opened struct {
-	Plaintext []byte
-	Keyset    string
-	Version   uint32
-}
-
 func newService(ring *holder, keysets []string, m *Metrics, log *slog.Logger) *Service {
 	ks := append([]string(nil), keysets...)
 	sort.Strings(ks)
@@ -53,14 +38,14 @@ func newService(ring *holder, keysets []string, m *Metrics, log *slog.Logger) *S
 
 func (s *Service) observe(op string, start time.Time, err error) {
 	s.metrics.observe(op, time.Since(start), err)
-	if err != nil && reason(err) == "internal" {
+	if err != nil && cryptoapi.Reason(err) == "internal" {
 		s.log.Error("request failed", "op", op, "err", err)
 	}
 }
 
 // Encrypt seals plaintext under the primary version of keyset (or of the
 // only keyset when name is empty).
-func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c map[string]string) (res Sealed, err error) {
+func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c map[string]string) (res cryptoapi.Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("encrypt", start, err) }()
 	res, err = s.encrypt(name, plaintext, c)
@@ -70,7 +55,7 @@ func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c 
 
 // recordSeal counts an encrypt (the version it sealed under) or a rewrap
 // (the version it opened) in the usage records.
-func (s *Service) recordSeal(uid int64, op, name string, res Sealed, err error) {
+func (s *Service) recordSeal(uid int64, op, name string, res cryptoapi.Sealed, err error) {
 	k := usageKey{peer: uid, keyset: res.Keyset, version: res.Version, op: op}
 	if op == "rewrap" {
 		k.version = res.FromVersion
@@ -78,12 +63,12 @@ func (s *Service) recordSeal(uid int64, op, name string, res Sealed, err error) 
 	if k.keyset == "" {
 		k.keyset = name
 	}
-	s.usage.add(k, reason(err))
+	s.usage.add(k, cryptoapi.Reason(err))
 }
 
 // recordRewrap counts a rewrap by the version it opened, which a failed
 // one knows only from the ciphertext.
-func (s *Service) recordRewrap(uid int64, ciphertext []byte, res Sealed, err error) {
+func (s *Service) recordRewrap(uid int64, ciphertext []byte, res cryptoapi.Sealed, err error) {
 	if err != nil {
 		s.recordFailedOpen(uid, "rewrap", ciphertext, err)
 		return
@@ -92,7 +77,7 @@ func (s *Service) recordRewrap(uid int64, ciphertext []byte, res Sealed, err err
 }
 
 // recordDecrypt counts a decrypt by the version that opened it.
-func (s *Service) recordDecrypt(uid int64, ciphertext []byte, res Opened, err error) {
+func (s *Service) recordDecrypt(uid int64, ciphertext []byte, res cryptoapi.Opened, err error) {
 	if err != nil {
 		s.recordFailedOpen(uid, "decrypt", ciphertext, err)
 		return
@@ -105,41 +90,41 @@ func (s *Service) recordDecrypt(uid int64, ciphertext []byte, res Opened, err er
 // parsed again only on failure, off the hot path.
 func (s *Service) recordFailedOpen(uid int64, op string, ciphertext []byte, err error) {
 	ks, v := keyOf(ciphertext)
-	s.usage.add(usageKey{peer: uid, keyset: ks, version: v, op: op}, reason(err))
+	s.usage.add(usageKey{peer: uid, keyset: ks, version: v, op: op}, cryptoapi.Reason(err))
 }
 
-func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (Sealed, error) {
+func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error) {
 	set, err := s.lookup(name)
 	if err != nil {
-		return Sealed{}, err
+		return cryptoapi.Sealed{}, err
 	}
 	ct, err := envelope.Seal(set.primary, plaintext, c, s.rand)
 	if err != nil {
-		return Sealed{}, err
+		return cryptoapi.Sealed{}, err
 	}
-	return Sealed{Ciphertext: ct, Keyset: set.primary.Name(), Version: set.primary.Version()}, nil
+	return cryptoapi.Sealed{Ciphertext: ct, Keyset: set.primary.Name(), Version: set.primary.Version()}, nil
 }
 
 func (s *Service) lookup(name string) (*ringSet, error) {
 	if name == "" {
 		if len(s.keysets) != 1 {
-			return nil, fmt.Errorf("%w: this sidecar serves %d keysets (%v); name one", ErrKeysetRequired, len(s.keysets), s.keysets)
+			return nil, fmt.Errorf("%w: this sidecar serves %d keysets (%v); name one", cryptoapi.ErrKeysetRequired, len(s.keysets), s.keysets)
 		}
 		name = s.keysets[0]
 	}
 	set, ok := s.ring.load().set(name)
 	if !ok {
 		if s.required[name] {
-			return nil, fmt.Errorf("%w: keyset %q", ErrNotReady, name)
+			return nil, fmt.Errorf("%w: keyset %q", cryptoapi.ErrNotReady, name)
 		}
-		return nil, fmt.Errorf("%w %q (this sidecar serves %v)", ErrUnknownKeyset, name, s.keysets)
+		return nil, fmt.Errorf("%w %q (this sidecar serves %v)", cryptoapi.ErrUnknownKeyset, name, s.keysets)
 	}
 	return set, nil
 }
 
 // Decrypt opens a ciphertext under whichever loaded version sealed it,
-// unless that version is revoked (ErrRevoked): Rewrap moves such data.
-func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res Opened, err error) {
+// unless that version is revoked (cryptoapi.ErrRevoked): Rewrap moves such data.
+func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res cryptoapi.Opened, err error) {
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
 	res, err = s.decrypt(ciphertext, c)
@@ -147,19 +132,19 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 	return res, err
 }
 
-func (s *Service) decrypt(ciphertext []byte, c map[string]string) (Opened, error) {
+func (s *Service) decrypt(ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
 	set, k, err := s.keyFor(ciphertext)
 	if err != nil {
-		return Opened{}, err
+		return cryptoapi.Opened{}, err
 	}
 	if set.revoked[k.Version()] {
-		return Opened{}, revokedVersion(k.Name(), k.Version())
+		return cryptoapi.Opened{}, revokedVersion(k.Name(), k.Version())
 	}
 	pt, err := envelope.Open(k, ciphertext, c)
 	if err != nil {
-		return Opened{}, err
+		return cryptoapi.Opened{}, err
 	}
-	return Opened{Plaintext: pt, Keyset: k.Name(), Version: k.Version()}, nil
+	return cryptoapi.Opened{Plaintext: pt, Keyset: k.Name(), Version: k.Version()}, nil
 }
 
 // keyFor finds the loaded key the ciphertext's header names, revoked ones
@@ -185,7 +170,7 @@ func (s *Service) keyFor(ciphertext []byte) (*ringSet, *envelope.Key, error) {
 // is returned as it is, with Rewrapped false. A ciphertext under a revoked
 // version is rewrapped too: that is how its data is moved to a key that is
 // not compromised.
-func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res Sealed, err error) {
+func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res cryptoapi.Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
 	res, err = s.rewrap(ciphertext, c)
@@ -193,27 +178,27 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 	return res, err
 }
 
-func (s *Service) rewrap(ciphertext []byte, c map[string]string) (Sealed, error) {
+func (s *Service) rewrap(ciphertext []byte, c map[string]string) (cryptoapi.Sealed, error) {
 	set, k, err := s.keyFor(ciphertext)
 	if err != nil {
-		return Sealed{}, err
+		return cryptoapi.Sealed{}, err
 	}
 	pt, err := envelope.Open(k, ciphertext, c)
 	if err != nil {
-		return Sealed{}, err
+		return cryptoapi.Sealed{}, err
 	}
 	defer clear(pt)
 	// Under the primary and in the format Seal writes: nothing to do. A
 	// Format1 ciphertext (not key-committing) is resealed even under the
 	// primary, so Rewrap moves old data to Format2.
 	if set.primary.Version() == k.Version() && ciphertext[0] == envelope.SealFormat {
-		return Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
+		return cryptoapi.Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
 	}
 	ct, err := envelope.Seal(set.primary, pt, c, s.rand)
 	if err != nil {
-		return Sealed{}, err
+		return cryptoapi.Sealed{}, err
 	}
-	return Sealed{Ciphertext: ct, Keyset: k.Name(), Version: set.primary.Version(), FromVersion: k.Version(), Rewrapped: true}, nil
+	return cryptoapi.Sealed{Ciphertext: ct, Keyset: k.Name(), Version: set.primary.Version(), FromVersion: k.Version(), Rewrapped: true}, nil
 }
 
 // EncryptItem, DecryptItem and RewrapItem are one batch entry.
@@ -230,13 +215,13 @@ type (
 )
 
 // EncryptBatch encrypts each item independently; errs[i] is item i's error.
-func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []Sealed, errs []error, err error) {
+func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []cryptoapi.Sealed, errs []error, err error) {
 	start := time.Now()
 	defer func() { s.observe("encrypt_batch", start, err) }()
 	if err := checkBatch(len(items)); err != nil {
 		return nil, nil, err
 	}
-	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
 	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
@@ -247,13 +232,13 @@ func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []
 }
 
 // DecryptBatch decrypts each item independently.
-func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []Opened, errs []error, err error) {
+func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []cryptoapi.Opened, errs []error, err error) {
 	start := time.Now()
 	defer func() { s.observe("decrypt_batch", start, err) }()
 	if err := checkBatch(len(items)); err != nil {
 		return nil, nil, err
 	}
-	out, errs = make([]Opened, len(items)), make([]error, len(items))
+	out, errs = make([]cryptoapi.Opened, len(items)), make([]error, len(items))
 	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
@@ -264,13 +249,13 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []O
 }
 
 // RewrapBatch rewraps each item independently.
-func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []Sealed, errs []error, err error) {
+func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []cryptoapi.Sealed, errs []error, err error) {
 	start := time.Now()
 	defer func() { s.observe("rewrap_batch", start, err) }()
 	if err := checkBatch(len(items)); err != nil {
 		return nil, nil, err
 	}
-	out, errs = make([]Sealed, len(items)), make([]error, len(items))
+	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
 	uid := callerUID(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
@@ -281,8 +266,8 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []Se
 }
 
 func checkBatch(n int) error {
-	if n > MaxBatch {
-		return fmt.Errorf("%w: %d items exceeds %d; split the batch", ErrBatchTooLarge, n, MaxBatch)
+	if n > cryptoapi.MaxBatch {
+		return fmt.Errorf("%w: %d items exceeds %d; split the batch", cryptoapi.ErrBatchTooLarge, n, cryptoapi.MaxBatch)
 	}
 	return nil
 }
@@ -356,7 +341,7 @@ func (s *Service) Sign(ctx context.Context, keyset string, data []byte) (version
 // Verify checks a MAC made by Sign under version of keyset. Any decryptable
 // version verifies (pending, primary, decrypt-only), so MACs made before a
 // rotation stay valid through the retention window; a revoked one does not
-// (ErrRevoked), since whoever holds its key can forge MACs under it.
+// (cryptoapi.ErrRevoked), since whoever holds its key can forge MACs under it.
 func (s *Service) Verify(ctx context.Context, keyset string, version uint32, data, mac []byte) (err error) {
 	start := time.Now()
 	defer func() { s.observe("verify", start, err) }()
@@ -372,7 +357,7 @@ func (s *Service) Verify(ctx context.Context, keyset string, version uint32, dat
 		return revokedVersion(set.doc.Name, version)
 	}
 	if !k.VerifyMAC(data, mac) {
-		return ErrBadMAC
+		return cryptoapi.ErrBadMAC
 	}
 	return nil
 }
@@ -385,3 +370,6 @@ func (s *Service) Primary(keyset string) (uint32, error) {
 	}
 	return set.primary.Version(), nil
 }
+
+// Keysets names the keysets this sidecar serves, sorted.
+func (s *Service) Keysets() []string { return append([]string(nil), s.keysets...) }

@@ -28,6 +28,8 @@ import (
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
+	"github.com/keyshift/keyshift/internal/testbin"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
@@ -129,7 +131,7 @@ func TestBatch(t *testing.T) {
 		t.Fatalf("rewrap batch = %v, %v", rw, err)
 	}
 	big := &v1.EncryptBatchRequest{}
-	for range MaxBatch + 1 {
+	for range cryptoapi.MaxBatch + 1 {
 		big.Items = append(big.Items, &v1.EncryptRequest{})
 	}
 	if _, err := api.EncryptBatch(ctx, big); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "split the batch") {
@@ -606,15 +608,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // counterValue reads one series from /metrics as Prometheus exposes it.
 func counterValue(t *testing.T, e *env, series string) float64 {
 	t.Helper()
-	_, body := httpGet(t, e.metricsURL()+"/metrics")
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, series+" ") {
-			var v float64
-			fmt.Sscan(strings.TrimPrefix(line, series+" "), &v)
-			return v
-		}
-	}
-	return 0
+	return testbin.MetricValue(t, e.metricsURL()+"/metrics", series)
 }
 
 // Traffic keeps flowing through three rotations with zero failures; every
@@ -738,37 +732,12 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 	secrets["KEK"] = kf.Versions[0].Key
 	for name, s := range secrets {
-		for enc, form := range encodings(s) {
+		for enc, form := range testbin.Encodings(s) {
 			if strings.Contains(logs, form) {
 				t.Errorf("%s leaked into logs as %s", name, enc)
 			}
 		}
 	}
-}
-
-func encodings(b []byte) map[string]string {
-	m := map[string]string{
-		"base64":    base64.StdEncoding.EncodeToString(b),
-		"base64url": base64.RawURLEncoding.EncodeToString(b),
-		"hex":       fmt.Sprintf("%x", b),
-	}
-	if len(b) >= 12 {
-		m["base64 prefix"] = base64.StdEncoding.EncodeToString(b[:12])
-		m["hex prefix"] = fmt.Sprintf("%x", b[:12])
-	}
-	if isPrintable(b) {
-		m["raw"] = string(b)
-	}
-	return m
-}
-
-func isPrintable(b []byte) bool {
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 func TestSignVerifyAcrossRotation(t *testing.T) {
@@ -783,10 +752,10 @@ func TestSignVerifyAcrossRotation(t *testing.T) {
 	if err := svc.Verify(ctx, "payments", v, []byte("GET /orders"), mac); err != nil {
 		t.Fatalf("MAC from before the rotation: %v", err)
 	}
-	if err := svc.Verify(ctx, "payments", v, []byte("GET /admin"), mac); !errors.Is(err, ErrBadMAC) {
+	if err := svc.Verify(ctx, "payments", v, []byte("GET /admin"), mac); !errors.Is(err, cryptoapi.ErrBadMAC) {
 		t.Fatalf("MAC over other data: %v", err)
 	}
-	if err := svc.Verify(ctx, "payments", 7, []byte("GET /orders"), mac); !errors.Is(err, ErrUnknownKeyVersion) {
+	if err := svc.Verify(ctx, "payments", 7, []byte("GET /orders"), mac); !errors.Is(err, cryptoapi.ErrUnknownKeyVersion) {
 		t.Fatalf("unknown version: %v", err)
 	}
 	if v2, _, _ := svc.Sign(ctx, "payments", nil); v2 != 2 {

@@ -22,12 +22,12 @@ import (
 // show up as events on the directory. Every event (debounced) and every
 // resync tick rereads the file; an unchanged document costs one hash.
 type fileSource struct {
-	name   string
-	path   string
-	apply  func(ctx context.Context, doc *keyset.Keyset, source string) (changed bool, err error)
-	fail   func(err error)
-	log    *slog.Logger
-	resync time.Duration
+	name    string
+	path    string
+	to      reporter
+	log     *slog.Logger
+	metrics *Metrics
+	resync  time.Duration
 	// poke asks for a reread now (the KMS poller saw the KEK change).
 	poke chan struct{}
 
@@ -41,7 +41,7 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
-func (f *fileSource) run(ctx context.Context, metrics *Metrics) {
+func (f *fileSource) run(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		f.log.Error("cannot watch keyset file; falling back to resync polling", "keyset", f.name, "err", err)
@@ -75,12 +75,12 @@ func (f *fileSource) run(ctx context.Context, metrics *Metrics) {
 		case <-f.poke:
 			resetTimer(timer, 0)
 		case <-timer.C:
-			err := f.reload(ctx, metrics)
+			err := f.reload(ctx)
 			if err == nil {
 				backoff = minBackoff
 				continue
 			}
-			f.fail(err)
+			f.to.failed(f.name, err)
 			if !f.loaded || kms.Retryable(err) {
 				// Not ready yet, or the KMS is briefly away: try again
 				// without waiting for the file to change.
@@ -88,6 +88,14 @@ func (f *fileSource) run(ctx context.Context, metrics *Metrics) {
 				backoff = min(backoff*2, maxBackoff)
 			}
 		}
+	}
+}
+
+// reread asks for a reread now, without waiting for a file event.
+func (f *fileSource) reread() {
+	select {
+	case f.poke <- struct{}{}:
+	default:
 	}
 }
 
@@ -100,7 +108,8 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	t.Reset(d)
 }
 
-func (f *fileSource) reload(ctx context.Context, metrics *Metrics) error {
+func (f *fileSource) reload(ctx context.Context) error {
+	metrics := f.metrics
 	source := "file"
 	data, err := os.ReadFile(f.path)
 	if err != nil {
@@ -122,7 +131,7 @@ func (f *fileSource) reload(ctx context.Context, metrics *Metrics) error {
 		return fmt.Errorf("%w: %s holds keyset %q, configured as %q", ErrKeysetRejected, f.path, doc.Name, f.name)
 	}
 	start := time.Now()
-	changed, err := f.apply(ctx, doc, "file:"+f.path)
+	changed, err := f.to.apply(ctx, doc, "file:"+f.path)
 	if err != nil {
 		metrics.reload(f.name, source, reloadReason(err))
 		return err

@@ -10,16 +10,16 @@ import (
 
 // kmsPoller is the fallback rotation notice: it asks the KMS for the KEK's
 // primary version every interval and, when it changes, makes the keyset's
-// sources reread at once, so a sidecar whose file events and xDS stream
-// were both missed still picks up the rewrapped document promptly. It
-// makes no KMS call on the request path.
+// file be reread at once, so a sidecar whose file events were missed
+// still picks up the rewrapped document promptly. It makes no KMS call on
+// the request path.
 type kmsPoller struct {
 	name     string
-	uri      func() string // the loaded keyset's KMS URI, "" until loaded
+	from     reporter    // the loaded keyset names its KMS
+	file     *fileSource // reread when the KEK changes
 	loader   *loader
 	interval time.Duration
 	timeout  time.Duration
-	notify   func()
 	log      *slog.Logger
 	metrics  *Metrics
 }
@@ -34,11 +34,11 @@ func (p *kmsPoller) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		uri := p.uri()
-		if uri == "" {
+		doc := p.from.current(p.name)
+		if doc == nil {
 			continue
 		}
-		w, err := p.loader.wrapper(ctx, uri)
+		w, err := p.loader.wrapper(ctx, doc.KMS)
 		if err != nil {
 			continue
 		}
@@ -57,7 +57,7 @@ func (p *kmsPoller) run(ctx context.Context) {
 		p.metrics.kmsPoll(p.name, "ok")
 		if last != "" && v != last {
 			p.log.Info("KEK version changed in the KMS; rereading the keyset", "keyset", p.name, "from", last, "to", v)
-			p.notify()
+			p.file.reread()
 		}
 		last = v
 	}

@@ -8,9 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/peer"
-
 	"github.com/keyshift/keyshift/internal/envelope"
+	"github.com/keyshift/keyshift/internal/socket"
 )
 
 // Key usage records: who used which key version for what, and how often it
@@ -105,13 +104,8 @@ func (u *usage) flush(now time.Time) []UsageRecord {
 // callerUID is the peer UID of the call in ctx: SO_PEERCRED of its socket
 // connection (gRPC or HTTP), or -1.
 func callerUID(ctx context.Context) int64 {
-	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(peerAuthInfo); ok {
-			return int64(info.Cred.UID)
-		}
-	}
-	if cred, ok := ctx.Value(peerKey{}).(PeerCred); ok {
-		return int64(cred.UID)
+	if p, ok := socket.FromContext(ctx); ok {
+		return int64(p.UID)
 	}
 	return -1
 }

@@ -7,8 +7,12 @@ package testbin
 
 import (
 	"bytes"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -67,4 +71,30 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// MetricValue scrapes a Prometheus text endpoint (url ends in /metrics)
+// and returns the value of one series, written as it appears there
+// (`name{label="v"}`), or 0 when it is absent.
+func MetricValue(tb testing.TB, url, series string) float64 {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				tb.Fatalf("%s: value %q: %v", series, v, err)
+			}
+			return f
+		}
+	}
+	return 0
 }

@@ -30,8 +30,8 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
-	"github.com/keyshift/keyshift/internal/xds/xdstest"
 	"github.com/keyshift/keyshift/internal/sidecar"
+	"github.com/keyshift/keyshift/internal/xds/xdstest"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 

@@ -15,6 +15,7 @@ import (
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/sidecar"
+	"github.com/keyshift/keyshift/internal/sidecar/extauthz"
 )
 
 // keysetFlags collects repeated --keyset NAME=PATH.
@@ -94,12 +95,12 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	var authz sidecar.ExtAuthzConfig
+	var authz extauthz.Config
 	if *authzAddr != "" || *authzSocket != "" {
 		if *authzPolicy == "" {
 			return fmt.Errorf("--ext-authz-addr/--ext-authz-socket need --ext-authz-policy FILE (see examples/extauthz-policy.yaml)")
 		}
-		p, err := sidecar.LoadExtAuthzPolicy(*authzPolicy)
+		p, err := extauthz.LoadPolicy(*authzPolicy)
 		if err != nil {
 			return err
 		}
@@ -112,15 +113,37 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 		if err != nil {
 			return fmt.Errorf("--ext-authz-allowed-uids: %w", err)
 		}
-		authz = sidecar.ExtAuthzConfig{Addr: *authzAddr, Socket: *authzSocket, SocketMode: os.FileMode(m), AllowedUIDs: u, Policy: p}
+		authz = extauthz.Config{Addr: *authzAddr, Socket: *authzSocket, SocketMode: os.FileMode(m), AllowedUIDs: u, Policy: p, Logger: log}
 	}
-	return sidecar.Run(ctx, sidecar.Config{
-		ExtAuthz: authz,
-		Socket:   *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
+	return serve(ctx, sidecar.Config{
+		Socket: *socket, SocketMode: os.FileMode(m), AllowedUIDs: allowed, Keysets: keysets,
 		MetricsAddr: *metrics, KMS: providers.Registry(log), Logger: log, Resync: *resync, KMSTimeout: *kmsTimeout,
 		XDSAddr: *xdsAddr, NodeID: *nodeID, KMSPoll: *kmsPoll,
 		XDSCAFile: *xdsCA, XDSServerName: *xdsServer, XDSTokenFile: *xdsToken, XDSInsecure: *xdsInsecure,
-	})
+	}, authz)
+}
+
+// serve runs the socket API and, when authz is enabled, ext_authz over
+// the same keyring, until ctx is canceled. Either failing to start stops
+// both.
+func serve(ctx context.Context, cfg sidecar.Config, authz extauthz.Config) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv, err := sidecar.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	authz.Registry = srv.Metrics().Registry
+	authz.PeerRefused = func() { srv.Metrics().PeerRejected("extauthz") }
+	az, err := extauthz.Start(ctx, authz, srv.Service())
+	if err != nil {
+		cancel()
+		_ = srv.Wait()
+		return err
+	}
+	err = srv.Wait()
+	az.Wait()
+	return err
 }
 
 func nodeIDFromEnv() string {

@@ -1,4 +1,4 @@
-package sidecar
+package extauthz
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,6 +34,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/keyshift/keyshift/internal/sidecar"
+	"github.com/keyshift/keyshift/internal/testbin"
 )
 
 // testPolicy exercises every rule kind. "payments" holds data keys,
@@ -94,31 +96,31 @@ type authzEnv struct {
 	conns        []*grpc.ClientConn
 }
 
-func newAuthzEnv(t testing.TB, policy string, mods ...func(*ExtAuthzConfig)) *authzEnv {
+func newAuthzEnv(t testing.TB, policy string, mods ...func(*Config)) *authzEnv {
 	t.Helper()
-	e := newEnv(t, withKeysets("payments", "webhooks"))
+	e := newEnv(t, "payments", "webhooks")
 	a := &authzEnv{env: e}
 	a.start(t, policy, mods...)
 	return a
 }
 
-func (a *authzEnv) start(t testing.TB, policy string, mods ...func(*ExtAuthzConfig)) {
+func (a *authzEnv) start(t testing.TB, policy string, mods ...func(*Config)) {
 	t.Helper()
-	p, err := ParseExtAuthzPolicy([]byte(policy))
+	p, err := ParsePolicy([]byte(policy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := ExtAuthzConfig{Addr: "127.0.0.1:0", Socket: filepath.Join(a.dir, fmt.Sprintf("authz%d.sock", len(a.conns))), Policy: p}
+	cfg := Config{Addr: "127.0.0.1:0", Socket: filepath.Join(a.dir, fmt.Sprintf("authz%d.sock", len(a.conns))), Policy: p}
 	for _, m := range mods {
 		m(&cfg)
 	}
-	addr, stop, err := startExtAuthz(context.Background(), a.srv.Service(), a.srv.Metrics(), a.cfg.Logger, cfg)
+	az, err := Start(context.Background(), a.authzConfig(cfg), a.srv.Service())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(stop)
-	a.addr, a.socket = addr, cfg.Socket
-	a.tcp = authv3.NewAuthorizationClient(a.dial(t, addr))
+	t.Cleanup(az.Stop)
+	a.addr, a.socket = az.Addr(), cfg.Socket
+	a.tcp = authv3.NewAuthorizationClient(a.dial(t, a.addr))
 	a.unix = authv3.NewAuthorizationClient(a.dial(t, "unix://"+cfg.Socket))
 }
 
@@ -438,7 +440,7 @@ func TestExtAuthzDenials(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.write("payments", ks)
-	a.waitFor(func(st KeysetStatus) bool { return st.Name == "payments" && hasVersion(st, 1, "disabled") })
+	a.waitFor(func(st sidecar.KeysetStatus) bool { return st.Name == "payments" && hasVersion(st, 1, "disabled") })
 	if diff := cmp.Diff(denied(401, "unknown_version"), a.check(t, a.tcp, envoyRequest("GET", "/app/cart", cookie(good)))); diff != "" {
 		t.Errorf("disabled version (-want +got):\n%s", diff)
 	}
@@ -565,7 +567,7 @@ func TestExtAuthzNoSecretsInLogs(t *testing.T) {
 		}
 	}
 	for name, s := range secrets {
-		for enc, form := range encodings([]byte(s)) {
+		for enc, form := range testbin.Encodings([]byte(s)) {
 			if strings.Contains(logs, form) {
 				t.Errorf("%s leaked into logs as %s", name, enc)
 			}
@@ -597,7 +599,7 @@ func TestExtAuthzRawHeaderMap(t *testing.T) {
 // SERVING once keys load.
 func TestExtAuthzAllowedUIDsAndHealth(t *testing.T) {
 	me := uint32(os.Getuid())
-	a := newAuthzEnv(t, testPolicy, func(c *ExtAuthzConfig) { c.AllowedUIDs = []uint32{me + 4242} })
+	a := newAuthzEnv(t, testPolicy, func(c *Config) { c.AllowedUIDs = []uint32{me + 4242} })
 	for name, c := range map[string]authv3.AuthorizationClient{"tcp": a.tcp, "unix": a.unix} {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_, err := c.Check(ctx, envoyRequest("GET", "/healthz", nil))
@@ -613,7 +615,7 @@ func TestExtAuthzAllowedUIDsAndHealth(t *testing.T) {
 		t.Errorf("the refusal log does not name uid %d", me)
 	}
 
-	a.start(t, testPolicy, func(c *ExtAuthzConfig) { c.AllowedUIDs = []uint32{me} })
+	a.start(t, testPolicy, func(c *Config) { c.AllowedUIDs = []uint32{me} })
 	for name, c := range map[string]authv3.AuthorizationClient{"tcp": a.tcp, "unix": a.unix} {
 		if diff := cmp.Diff(checkResult{Code: codes.OK, Remove: testStripped}, a.check(t, c, envoyRequest("GET", "/healthz", nil))); diff != "" {
 			t.Errorf("%s, own uid (-want +got):\n%s", name, diff)
@@ -631,75 +633,30 @@ func TestExtAuthzAllowedUIDsAndHealth(t *testing.T) {
 	}
 }
 
-// The /proc/net/tcp lookup, against a file laid out as the kernel writes it.
-func TestExtAuthzTCPPeerUID(t *testing.T) {
-	dir := t.TempDir()
-	hexIP := func(ip net.IP) string {
-		var b strings.Builder
-		for i := 0; i < len(ip); i += 4 {
-			fmt.Fprintf(&b, "%08X", binary.NativeEndian.Uint32(ip[i:i+4]))
-		}
-		return b.String()
-	}
-	lo4, lo6 := hexIP(net.IPv4(127, 0, 0, 1).To4()), hexIP(net.IPv6loopback)
-	tcp := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
-		"   0: " + lo4 + ":23E7 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1 0 100 0 0 10 0\n" +
-		"   1: " + lo4 + ":C350 " + lo4 + ":23E7 01 00000000:00000000 00:00000000 00000000  1337        0 2 1 0 20 4 30 10 -1\n" +
-		"   2: " + lo4 + ":23E7 " + lo4 + ":C350 01 00000000:00000000 00:00000000 00000000  1000        0 3 1 0 20 4 30 10 -1\n"
-	tcp6 := "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
-		"   0: " + lo6 + ":C351 " + lo6 + ":23E7 01 00000000:00000000 00:00000000 00000000   101        0 4 1 0 20 4 30 10 -1\n"
-	if err := os.WriteFile(filepath.Join(dir, "tcp"), []byte(tcp), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "tcp6"), []byte(tcp6), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	server4 := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9191}
-	server6 := &net.TCPAddr{IP: net.IPv6loopback, Port: 9191}
-	tests := []struct {
-		name          string
-		local, remote *net.TCPAddr
-		want          uint32
-		err           string
-	}{
-		{"ipv4 proxy", server4, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000}, 1337, ""},
-		{"ipv6 proxy", server6, &net.TCPAddr{IP: net.IPv6loopback, Port: 50001}, 101, ""},
-		{"unknown peer", server4, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50002}, 0, "not in tcp"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			uid, err := tcpPeerUID(dir, tc.local, tc.remote)
-			if uid != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
-				t.Errorf("tcpPeerUID = %d, %v; want %d, %q", uid, err, tc.want, tc.err)
-			}
-		})
-	}
-}
-
 func TestExtAuthzStartErrors(t *testing.T) {
 	e := newEnv(t)
-	p, err := ParseExtAuthzPolicy([]byte(testPolicy)) // uses "webhooks", not served here
+	p, err := ParsePolicy([]byte(testPolicy)) // uses "webhooks", not served here
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		name string
-		cfg  ExtAuthzConfig
+		cfg  Config
 		want string
 	}{
-		{"no policy", ExtAuthzConfig{Addr: "127.0.0.1:0"}, "no policy was given"},
-		{"invalid policy built in Go", ExtAuthzConfig{Addr: "127.0.0.1:0", Policy: &ExtAuthzPolicy{Default: "deny", Routes: []ExtAuthzRoute{{Prefix: "/x"}}}}, "routes[0]: no rule"},
-		{"keyset not served", ExtAuthzConfig{Addr: "127.0.0.1:0", Policy: p}, `the policy uses keyset "webhooks", which this sidecar does not serve`},
-		{"all interfaces", ExtAuthzConfig{Addr: ":9191", Policy: AllowAllExtAuthzPolicy()}, "is not a loopback address"},
-		{"pod IP", ExtAuthzConfig{Addr: "10.0.0.7:9191", Policy: AllowAllExtAuthzPolicy()}, "is not a loopback address"},
-		{"no port", ExtAuthzConfig{Addr: "127.0.0.1", Policy: AllowAllExtAuthzPolicy()}, "missing port"},
-		{"socket is a file", ExtAuthzConfig{Socket: e.files["payments"], Policy: AllowAllExtAuthzPolicy()}, "is not a socket"},
+		{"no policy", Config{Addr: "127.0.0.1:0"}, "no policy was given"},
+		{"invalid policy built in Go", Config{Addr: "127.0.0.1:0", Policy: &Policy{Default: "deny", Routes: []Route{{Prefix: "/x"}}}}, "routes[0]: no rule"},
+		{"keyset not served", Config{Addr: "127.0.0.1:0", Policy: p}, `the policy uses keyset "webhooks", which this sidecar does not serve`},
+		{"all interfaces", Config{Addr: ":9191", Policy: AllowAll()}, "is not a loopback address"},
+		{"pod IP", Config{Addr: "10.0.0.7:9191", Policy: AllowAll()}, "is not a loopback address"},
+		{"no port", Config{Addr: "127.0.0.1", Policy: AllowAll()}, "missing port"},
+		{"socket is a file", Config{Socket: e.files["payments"], Policy: AllowAll()}, "is not a socket"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, stop, err := startExtAuthz(context.Background(), e.srv.Service(), e.srv.Metrics(), e.cfg.Logger, tc.cfg)
+			az, err := Start(context.Background(), e.authzConfig(tc.cfg), e.srv.Service())
 			if err == nil {
-				stop()
+				az.Stop()
 				t.Fatalf("started; want error %q", tc.want)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
@@ -707,11 +664,12 @@ func TestExtAuthzStartErrors(t *testing.T) {
 			}
 		})
 	}
-	addr, stop, err := startExtAuthz(context.Background(), e.srv.Service(), e.srv.Metrics(), e.cfg.Logger, ExtAuthzConfig{})
-	if err != nil || addr != "" {
-		t.Fatalf("disabled: %q, %v", addr, err)
+	az, err := Start(context.Background(), e.authzConfig(Config{}), e.srv.Service())
+	if err != nil || az.Addr() != "" {
+		t.Fatalf("disabled: %v, %v", az, err)
 	}
-	stop()
+	az.Stop()
+	az.Wait()
 }
 
 func TestExtAuthzPolicyErrors(t *testing.T) {
@@ -781,9 +739,9 @@ func TestExtAuthzPolicyErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseExtAuthzPolicy([]byte(tc.doc))
-			if !errors.Is(err, ErrExtAuthzPolicy) {
-				t.Fatalf("error %v, want ErrExtAuthzPolicy", err)
+			_, err := ParsePolicy([]byte(tc.doc))
+			if !errors.Is(err, ErrPolicy) {
+				t.Fatalf("error %v, want ErrPolicy", err)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q, want it to contain %q", err, tc.want)
@@ -792,14 +750,14 @@ func TestExtAuthzPolicyErrors(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	if _, err := LoadExtAuthzPolicy(filepath.Join(dir, "absent.json")); !errors.Is(err, ErrExtAuthzPolicy) || !errors.Is(err, os.ErrNotExist) {
+	if _, err := LoadPolicy(filepath.Join(dir, "absent.json")); !errors.Is(err, ErrPolicy) || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
 	big := filepath.Join(dir, "big.json")
 	if err := os.WriteFile(big, make([]byte, maxPolicyBytes+1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadExtAuthzPolicy(big); !errors.Is(err, ErrExtAuthzPolicy) || !strings.Contains(err.Error(), "larger than") {
+	if _, err := LoadPolicy(big); !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("oversized file: %v", err)
 	}
 }
@@ -807,32 +765,32 @@ func TestExtAuthzPolicyErrors(t *testing.T) {
 // The shipped examples load: the commented YAML policy, the same policy as
 // JSON, and the copy embedded in the Istio ConfigMap.
 func TestExtAuthzPolicyExamples(t *testing.T) {
-	y, err := LoadExtAuthzPolicy("../../examples/extauthz-policy.yaml")
+	y, err := LoadPolicy("../../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &ExtAuthzPolicy{Default: "deny", Routes: []ExtAuthzRoute{
+	want := &Policy{Default: "deny", Routes: []Route{
 		{Prefix: "/healthz", Allow: true},
 		{Prefix: "/admin/", Deny: true},
-		{Prefix: "/app/", Decrypt: []ExtAuthzDecrypt{{
+		{Prefix: "/app/", Decrypt: []DecryptRule{{
 			Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"},
-			Reseal: &ExtAuthzReseal{Cookie: &ExtAuthzCookie{Path: "/", MaxAgeSeconds: 86400, SameSite: "lax"}},
+			Reseal: &Reseal{Cookie: &Cookie{Path: "/", MaxAgeSeconds: 86400, SameSite: "lax"}},
 		}}},
-		{Prefix: "/api/", Decrypt: []ExtAuthzDecrypt{{
+		{Prefix: "/api/", Decrypt: []DecryptRule{{
 			Keyset: "payments", Header: "x-api-token", ToHeader: "x-api-token-plain", ToEncoding: "base64url",
-			Reseal: &ExtAuthzReseal{Header: "x-api-token-resealed"},
+			Reseal: &Reseal{Header: "x-api-token-resealed"},
 		}}},
-		{Prefix: "/public/", Decrypt: []ExtAuthzDecrypt{{
+		{Prefix: "/public/", Decrypt: []DecryptRule{{
 			Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"}, Optional: true,
 		}}},
-		{Prefix: "/hooks/", Verify: &ExtAuthzMAC{Keyset: "webhooks", Header: "x-keyshift-signature", Parts: []string{"method", "path", "query", "header:x-request-id", "header:content-type"},
+		{Prefix: "/hooks/", Verify: &MACRule{Keyset: "webhooks", Header: "x-keyshift-signature", Parts: []string{"method", "path", "query", "header:x-request-id", "header:content-type"},
 			MaxSkewSeconds: 300, RequireNonce: true}},
 		{Prefix: "/internal/",
-			Decrypt: []ExtAuthzDecrypt{{Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"},
-				Reseal: &ExtAuthzReseal{Cookie: &ExtAuthzCookie{SameSite: "strict"}}}},
-			Sign: &ExtAuthzMAC{Keyset: "webhooks", Header: "x-keyshift-proxy-mac", Parts: []string{"method", "path", "header:x-user"}}},
+			Decrypt: []DecryptRule{{Keyset: "payments", Cookie: "session", ToHeader: "x-user", Context: map[string]string{"purpose": "session"},
+				Reseal: &Reseal{Cookie: &Cookie{SameSite: "strict"}}}},
+			Sign: &MACRule{Keyset: "webhooks", Header: "x-keyshift-proxy-mac", Parts: []string{"method", "path", "header:x-user"}}},
 	}}
-	ignore := cmpopts.IgnoreUnexported(ExtAuthzPolicy{}, ExtAuthzDecrypt{})
+	ignore := cmpopts.IgnoreUnexported(Policy{}, DecryptRule{})
 	if diff := cmp.Diff(want, y, ignore); diff != "" {
 		t.Errorf("example policy (-want +got):\n%s", diff)
 	}
@@ -840,7 +798,7 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 		t.Errorf("Keysets (-want +got):\n%s", diff)
 	}
 
-	raw, err := os.ReadFile("../../examples/extauthz-policy.yaml")
+	raw, err := os.ReadFile("../../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -848,7 +806,7 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := ParseExtAuthzPolicy(asJSON)
+	j, err := ParsePolicy(asJSON)
 	if err != nil {
 		t.Fatalf("the JSON form: %v", err)
 	}
@@ -856,7 +814,7 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 		t.Errorf("JSON form (-want +got):\n%s", diff)
 	}
 
-	cmRaw, err := os.ReadFile("../../examples/istio/keyshift-extauthz-policy.yaml")
+	cmRaw, err := os.ReadFile("../../../examples/istio/keyshift-extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -867,14 +825,14 @@ func TestExtAuthzPolicyExamples(t *testing.T) {
 	if err := yaml.Unmarshal(cmRaw, &cm); err != nil || cm.Kind != "ConfigMap" {
 		t.Fatalf("Istio policy ConfigMap: kind %q, %v", cm.Kind, err)
 	}
-	if _, err := ParseExtAuthzPolicy([]byte(cm.Data["policy.yaml"])); err != nil {
+	if _, err := ParsePolicy([]byte(cm.Data["policy.yaml"])); err != nil {
 		t.Errorf("policy.yaml in the Istio ConfigMap: %v", err)
 	}
 }
 
 // Route matching and path normalisation, pure.
 func TestExtAuthzRouteMatch(t *testing.T) {
-	p, err := ParseExtAuthzPolicy([]byte(`{"default": "allow", "routes": [
+	p, err := ParsePolicy([]byte(`{"default": "allow", "routes": [
 		{"prefix": "/", "allow": true}, {"prefix": "/api", "deny": true}, {"prefix": "/api/v2/", "allow": true}, {"prefix": "/api/v2/admin", "deny": true}]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -991,7 +949,7 @@ func TestExtAuthzDecisionRedacted(t *testing.T) {
 // every message, typed configs included, and point at the sidecar's
 // documented socket and port.
 func TestExtAuthzEnvoyExampleIsValidBootstrap(t *testing.T) {
-	raw, err := os.ReadFile("../../examples/envoy/envoy.yaml")
+	raw, err := os.ReadFile("../../../examples/envoy/envoy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1101,7 +1059,7 @@ func TestExtAuthzIstioExamplesAgree(t *testing.T) {
 	}
 	byKind := map[string]doc{}
 	for _, f := range []string{"mesh-config.yaml", "authorization-policy.yaml"} {
-		raw, err := os.ReadFile(filepath.Join("../../examples/istio", f))
+		raw, err := os.ReadFile(filepath.Join("../../../examples/istio", f))
 		if err != nil {
 			t.Fatal(err)
 		}

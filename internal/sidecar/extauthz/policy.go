@@ -1,4 +1,4 @@
-package sidecar
+package extauthz
 
 import (
 	"errors"
@@ -16,8 +16,8 @@ import (
 	"github.com/keyshift/keyshift/internal/envelope"
 )
 
-// ErrExtAuthzPolicy wraps every reason an ext_authz policy file is refused.
-var ErrExtAuthzPolicy = errors.New("sidecar: invalid ext_authz policy")
+// ErrPolicy wraps every reason an ext_authz policy file is refused.
+var ErrPolicy = errors.New("extauthz: invalid policy")
 
 // Policy limits: a policy is a small hand-written file, so anything larger
 // is a mistake, not a use case.
@@ -28,14 +28,14 @@ const (
 	maxMACParts     = 32
 )
 
-// ExtAuthzPolicy says, per route prefix, what the Envoy ext_authz service
-// checks and rewrites. It is loaded once (LoadExtAuthzPolicy or
-// ParseExtAuthzPolicy) and validated strictly; it must not be modified
+// Policy says, per route prefix, what the Envoy ext_authz service
+// checks and rewrites. It is loaded once (LoadPolicy or
+// ParsePolicy) and validated strictly; it must not be modified
 // afterwards, so one value is shared by every concurrent Check.
 //
 // The file is YAML or JSON (JSON is YAML); unknown fields are errors. The
 // route with the longest prefix matching the request path applies (see
-// ExtAuthzRoute.Prefix); a request no route matches gets Default: "deny"
+// Route.Prefix); a request no route matches gets Default: "deny"
 // (403, reason no_route) or "allow" (passed on). Both are deliberate
 // choices, so Default has no default.
 //
@@ -52,21 +52,21 @@ const (
 // to_header, sign header, and x-keyshift-timestamp / x-keyshift-nonce when
 // a route signs) unless this decision sets them: a client can never supply
 // a header the upstream trusts because the policy writes it elsewhere.
-type ExtAuthzPolicy struct {
+type Policy struct {
 	// Default is "deny" or "allow": what happens to a request no route matches.
 	Default string `json:"default"`
 	// Routes are the per-prefix rules, in any order.
-	Routes []ExtAuthzRoute `json:"routes"`
+	Routes []Route `json:"routes"`
 
-	byLength []*ExtAuthzRoute // Routes, longest prefix first
-	strip    []string         // upstream headers any rule writes, sorted
+	byLength []*Route // Routes, longest prefix first
+	strip    []string // upstream headers any rule writes, sorted
 }
 
-// ExtAuthzRoute is the rule set for one path prefix. Exactly one of Allow,
+// Route is the rule set for one path prefix. Exactly one of Allow,
 // Deny or a non-empty combination of Verify, Decrypt and Sign is set. The
 // steps run in that order: verify the incoming MAC, decrypt the ciphertexts,
 // then sign the request as it will reach the upstream.
-type ExtAuthzRoute struct {
+type Route struct {
 	// Prefix is a path prefix starting with "/", matched on whole path
 	// segments and case-sensitively (as Envoy and most servers compare
 	// paths): "/api" matches "/api", "/api/" and "/api/v1" but not "/apiv2"
@@ -78,18 +78,18 @@ type ExtAuthzRoute struct {
 	// Deny refuses matching requests with 403 (reason route_denied).
 	Deny bool `json:"deny,omitempty"`
 	// Verify checks a request MAC made with a keyset's MAC key.
-	Verify *ExtAuthzMAC `json:"verify,omitempty"`
+	Verify *MACRule `json:"verify,omitempty"`
 	// Decrypt opens keyshift ciphertexts carried in headers or cookies.
-	Decrypt []ExtAuthzDecrypt `json:"decrypt,omitempty"`
+	Decrypt []DecryptRule `json:"decrypt,omitempty"`
 	// Sign adds a MAC over the request (after decryption) for the upstream
 	// to check, so it can tell requests that passed the proxy from others.
-	Sign *ExtAuthzMAC `json:"sign,omitempty"`
+	Sign *MACRule `json:"sign,omitempty"`
 }
 
-// ExtAuthzDecrypt names one ciphertext to open. The value is a keyshift
+// DecryptRule names one ciphertext to open. The value is a keyshift
 // ciphertext in unpadded base64url (RFC 4648 §5, cookie- and header-safe);
 // trailing "=" padding and surrounding cookie quotes are tolerated.
-type ExtAuthzDecrypt struct {
+type DecryptRule struct {
 	// Keyset is the only keyset whose ciphertexts this rule accepts.
 	Keyset string `json:"keyset"`
 	// Cookie names the cookie holding the ciphertext (exclusive with
@@ -105,7 +105,7 @@ type ExtAuthzDecrypt struct {
 	// (default; the plaintext must be printable ASCII) or "base64url".
 	ToEncoding string `json:"to_encoding,omitempty"`
 	// Context is the encryption context the application sealed with,
-	// besides the reserved ExtAuthzPurposeKey entry every token carries
+	// besides the reserved PurposeKey entry every token carries
 	// (which the rule must not name): a ciphertext sealed without that
 	// entry, such as the app's own data or a keyset's canary, never opens.
 	Context map[string]string `json:"context,omitempty"`
@@ -114,24 +114,24 @@ type ExtAuthzDecrypt struct {
 	Optional bool `json:"optional,omitempty"`
 	// Reseal, when set, sends the value resealed under the primary version
 	// back to the client whenever it was sealed under an older one.
-	Reseal *ExtAuthzReseal `json:"reseal,omitempty"`
+	Reseal *Reseal `json:"reseal,omitempty"`
 
 	tokenContext map[string]string // Context plus the purpose, set by validate
 }
 
-// ExtAuthzReseal says how a resealed value travels back downstream: in a
+// Reseal says how a resealed value travels back downstream: in a
 // response header, or (cookie sources only) as a Set-Cookie of the same
 // cookie. Exactly one is set.
-type ExtAuthzReseal struct {
+type Reseal struct {
 	// Header is a response header that carries the resealed value.
 	Header string `json:"header,omitempty"`
 	// Cookie holds the attributes of the Set-Cookie ({} for the defaults).
-	Cookie *ExtAuthzCookie `json:"cookie,omitempty"`
+	Cookie *Cookie `json:"cookie,omitempty"`
 }
 
-// ExtAuthzCookie are the attributes of a resealed cookie. The defaults are
+// Cookie are the attributes of a resealed cookie. The defaults are
 // the safe ones: Path "/", Secure, HttpOnly, SameSite=Lax, a session cookie.
-type ExtAuthzCookie struct {
+type Cookie struct {
 	// Path defaults to "/".
 	Path string `json:"path,omitempty"`
 	// Domain is omitted when empty (host-only cookie).
@@ -146,7 +146,7 @@ type ExtAuthzCookie struct {
 	SameSite string `json:"same_site,omitempty"`
 }
 
-// ExtAuthzMAC is a request MAC rule (see canonicalRequest for the exact
+// MACRule is a request MAC rule (see canonicalRequest for the exact
 // bytes). The MAC travels as "v<version>.<unpadded base64url HMAC>", so a
 // verifier picks the version it was made with; every loaded version of
 // Keyset verifies, so MACs made before a rotation stay valid through the
@@ -158,7 +158,7 @@ type ExtAuthzCookie struct {
 // RequireNonce a nonce seen within that window. A sign rule sets both
 // headers itself. The two directions sign under different domains, so a MAC
 // the proxy adds for the upstream never verifies on a verify route.
-type ExtAuthzMAC struct {
+type MACRule struct {
 	// Keyset is the keyset whose MAC keys are used.
 	Keyset string `json:"keyset"`
 	// Header holds the MAC: read from the request for verify, set on the
@@ -179,32 +179,32 @@ type ExtAuthzMAC struct {
 	RequireNonce bool `json:"require_nonce,omitempty"`
 }
 
-// LoadExtAuthzPolicy reads and validates a policy file (YAML or JSON).
-func LoadExtAuthzPolicy(file string) (*ExtAuthzPolicy, error) {
+// LoadPolicy reads and validates a policy file (YAML or JSON).
+func LoadPolicy(file string) (*Policy, error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrExtAuthzPolicy, err)
+		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxPolicyBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: read %s: %w", ErrExtAuthzPolicy, file, err)
+		return nil, fmt.Errorf("%w: read %s: %w", ErrPolicy, file, err)
 	}
-	p, err := ParseExtAuthzPolicy(data)
+	p, err := ParsePolicy(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return p, nil
 }
 
-// ParseExtAuthzPolicy parses and validates a policy document (YAML or JSON).
-func ParseExtAuthzPolicy(data []byte) (*ExtAuthzPolicy, error) {
+// ParsePolicy parses and validates a policy document (YAML or JSON).
+func ParsePolicy(data []byte) (*Policy, error) {
 	if len(data) > maxPolicyBytes {
-		return nil, fmt.Errorf("%w: larger than %d bytes", ErrExtAuthzPolicy, maxPolicyBytes)
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrPolicy, maxPolicyBytes)
 	}
-	var p ExtAuthzPolicy
+	var p Policy
 	if err := yaml.UnmarshalStrict(data, &p); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrExtAuthzPolicy, err)
+		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
 	if err := p.validate(); err != nil {
 		return nil, err
@@ -212,10 +212,10 @@ func ParseExtAuthzPolicy(data []byte) (*ExtAuthzPolicy, error) {
 	return &p, nil
 }
 
-// AllowAllExtAuthzPolicy is the no-op policy: every request passes
+// AllowAll is the no-op policy: every request passes
 // untouched. It is the baseline the Check benchmark compares against.
-func AllowAllExtAuthzPolicy() *ExtAuthzPolicy {
-	p := &ExtAuthzPolicy{Default: "allow"}
+func AllowAll() *Policy {
+	p := &Policy{Default: "allow"}
 	if err := p.validate(); err != nil {
 		panic(err)
 	}
@@ -224,7 +224,7 @@ func AllowAllExtAuthzPolicy() *ExtAuthzPolicy {
 
 // Keysets lists the keysets the policy uses, sorted, so the server can
 // refuse to start on a keyset the sidecar does not serve.
-func (p *ExtAuthzPolicy) Keysets() []string {
+func (p *Policy) Keysets() []string {
 	var out []string
 	for _, r := range p.Routes {
 		if r.Verify != nil {
@@ -242,10 +242,10 @@ func (p *ExtAuthzPolicy) Keysets() []string {
 }
 
 func policyErr(where, format string, args ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrExtAuthzPolicy, where, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s: %s", ErrPolicy, where, fmt.Sprintf(format, args...))
 }
 
-func (p *ExtAuthzPolicy) validate() error {
+func (p *Policy) validate() error {
 	switch p.Default {
 	case "deny", "allow":
 	case "":
@@ -277,7 +277,7 @@ func (p *ExtAuthzPolicy) validate() error {
 		}
 		strip = append(strip, r.writes()...)
 	}
-	p.byLength = make([]*ExtAuthzRoute, len(p.Routes))
+	p.byLength = make([]*Route, len(p.Routes))
 	for i := range p.Routes {
 		p.byLength[i] = &p.Routes[i]
 	}
@@ -290,13 +290,13 @@ func (p *ExtAuthzPolicy) validate() error {
 }
 
 // writes lists the upstream request headers the route's rules can set.
-func (r *ExtAuthzRoute) writes() []string {
+func (r *Route) writes() []string {
 	var out []string
 	for _, d := range r.Decrypt {
 		out = append(out, d.ToHeader)
 	}
 	if r.Sign != nil {
-		out = append(out, r.Sign.Header, ExtAuthzTimestampHeader, ExtAuthzNonceHeader)
+		out = append(out, r.Sign.Header, TimestampHeader, NonceHeader)
 	}
 	return out
 }
@@ -339,7 +339,7 @@ func cleanPath(p string) string {
 	return c
 }
 
-func (r *ExtAuthzRoute) validate(where string) error {
+func (r *Route) validate(where string) error {
 	rules := 0
 	if r.Verify != nil {
 		rules++
@@ -407,7 +407,7 @@ func (r *ExtAuthzRoute) validate(where string) error {
 	return nil
 }
 
-func (d *ExtAuthzDecrypt) validate(where string) error {
+func (d *DecryptRule) validate(where string) error {
 	if err := validateKeysetName(where+".keyset", d.Keyset); err != nil {
 		return err
 	}
@@ -439,15 +439,15 @@ func (d *ExtAuthzDecrypt) validate(where string) error {
 	default:
 		return policyErr(where+".to_encoding", `%q is neither "raw" nor "base64url"`, d.ToEncoding)
 	}
-	if _, ok := d.Context[ExtAuthzPurposeKey]; ok {
+	if _, ok := d.Context[PurposeKey]; ok {
 		return policyErr(where+".context", "%q is reserved: the sidecar requires %q=%q on every token itself; drop the entry",
-			ExtAuthzPurposeKey, ExtAuthzPurposeKey, ExtAuthzPurposeToken)
+			PurposeKey, PurposeKey, PurposeToken)
 	}
 	d.tokenContext = tokenContext(d.Context)
 	if _, err := envelope.CanonicalContext(d.tokenContext); err != nil {
 		return policyErr(where+".context", "%v", err)
 	}
-	if d.tokenContext[ExtAuthzPurposeKey] != ExtAuthzPurposeToken {
+	if d.tokenContext[PurposeKey] != PurposeToken {
 		// Unreachable: a rule that opened context-free ciphertexts would
 		// accept canaries and the app's own data as tokens.
 		return policyErr(where+".context", "would accept ciphertexts sealed without the ext_authz purpose")
@@ -460,7 +460,7 @@ func (d *ExtAuthzDecrypt) validate(where string) error {
 	return nil
 }
 
-func (r *ExtAuthzReseal) validate(where string, fromCookie bool) error {
+func (r *Reseal) validate(where string, fromCookie bool) error {
 	switch {
 	case r.Header == "" && r.Cookie == nil:
 		return policyErr(where, `empty; set "header" (a response header name) or "cookie": {} (Set-Cookie)`)
@@ -496,7 +496,7 @@ func (r *ExtAuthzReseal) validate(where string, fromCookie bool) error {
 	return nil
 }
 
-func (m *ExtAuthzMAC) validate(where string, verify bool) error {
+func (m *MACRule) validate(where string, verify bool) error {
 	if err := validateKeysetName(where+".keyset", m.Keyset); err != nil {
 		return err
 	}
@@ -530,7 +530,7 @@ func (m *ExtAuthzMAC) validate(where string, verify bool) error {
 			if part == "header:"+m.Header {
 				return policyErr(field, "the MAC cannot cover its own header %q", m.Header)
 			}
-			if h := strings.TrimPrefix(part, "header:"); h == ExtAuthzTimestampHeader || h == ExtAuthzNonceHeader {
+			if h := strings.TrimPrefix(part, "header:"); h == TimestampHeader || h == NonceHeader {
 				return policyErr(field, "%q is always covered (as the timestamp and nonce lines); drop it", h)
 			}
 		default:
@@ -559,7 +559,7 @@ func validateKeysetName(where, name string) error {
 var reservedHeaders = map[string]bool{
 	"host": true, "cookie": true, "content-length": true, "transfer-encoding": true, "connection": true,
 	"te": true, "upgrade": true, "keep-alive": true, "proxy-connection": true, "set-cookie": true,
-	denyHeader: true, ExtAuthzTimestampHeader: true, ExtAuthzNonceHeader: true,
+	denyHeader: true, TimestampHeader: true, NonceHeader: true,
 }
 
 // validateHeaderName requires the lowercase form Envoy uses in CheckRequest
@@ -598,7 +598,7 @@ func isToken(s string) bool {
 
 // match returns the route with the longest prefix of reqPath on a segment
 // boundary, or nil.
-func (p *ExtAuthzPolicy) match(reqPath string) *ExtAuthzRoute {
+func (p *Policy) match(reqPath string) *Route {
 	for _, r := range p.byLength {
 		base := segmentPrefix(r.Prefix)
 		if strings.HasPrefix(reqPath, base) && (len(reqPath) == len(base) || reqPath[len(base)] == '/') {
@@ -610,7 +610,7 @@ func (p *ExtAuthzPolicy) match(reqPath string) *ExtAuthzRoute {
 
 // cookie builds the Set-Cookie for a resealed value with the policy's
 // attributes and their safe defaults.
-func (c *ExtAuthzCookie) cookie(name, value string) *http.Cookie {
+func (c *Cookie) cookie(name, value string) *http.Cookie {
 	hc := &http.Cookie{Name: name, Value: value, Path: c.Path, Domain: c.Domain, MaxAge: c.MaxAgeSeconds,
 		Secure: c.Secure == nil || *c.Secure, HttpOnly: c.HTTPOnly == nil || *c.HTTPOnly, SameSite: http.SameSiteLaxMode}
 	if hc.Path == "" {

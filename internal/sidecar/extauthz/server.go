@@ -1,17 +1,14 @@
-package sidecar
+package extauthz
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,12 +22,14 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/keyshift/keyshift/internal/socket"
 )
 
-// ExtAuthzConfig enables the Envoy ext_authz service
+// Config enables the Envoy ext_authz service
 // (envoy.service.auth.v3.Authorization). It is off unless Addr or Socket
 // is set.
-type ExtAuthzConfig struct {
+type Config struct {
 	// Addr is a loopback TCP address such as "127.0.0.1:9191" ("" disables
 	// TCP). Only the pod's own proxy should reach it, so other hosts are
 	// refused.
@@ -47,23 +46,31 @@ type ExtAuthzConfig struct {
 	// the policy's cookies and headers: set it.
 	AllowedUIDs []uint32
 	// Policy says what to check per route; required when enabled.
-	Policy *ExtAuthzPolicy
+	Policy *Policy
+	// Logger receives structured logs; it never gets tokens nor plaintext.
+	Logger *slog.Logger
+	// Registry takes the ext_authz metrics (the sidecar's registry, so one
+	// /metrics serves both); a private registry when nil.
+	Registry prometheus.Registerer
+	// PeerRefused, if set, is called for each connection AllowedUIDs
+	// refuses (the sidecar counts it in keyshift_peer_rejections_total).
+	PeerRefused func()
 }
 
 // Enabled reports whether the service should run.
-func (c ExtAuthzConfig) Enabled() bool { return c.Addr != "" || c.Socket != "" }
+func (c Config) Enabled() bool { return c.Addr != "" || c.Socket != "" }
 
-// extAuthzMetrics are the ext_authz series, on the sidecar's registry.
+// metrics are the ext_authz series, on the sidecar's registry.
 // Labels are route prefixes from the policy and fixed reason words.
-type extAuthzMetrics struct {
+type metrics struct {
 	checks   *prometheus.CounterVec // route, result (allowed|denied)
 	denials  *prometheus.CounterVec // route, reason
 	reseals  *prometheus.CounterVec // route, result (ok|error)
 	duration prometheus.Histogram
 }
 
-func newExtAuthzMetrics(reg prometheus.Registerer) (*extAuthzMetrics, error) {
-	m := &extAuthzMetrics{
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyshift_extauthz_checks_total", Help: "ext_authz Check calls by policy route and result (allowed or denied).",
 		}, []string{"route", "result"}),
@@ -107,10 +114,10 @@ func registerOnce[T prometheus.Collector](reg prometheus.Registerer, c T) (T, er
 			return existing, nil
 		}
 	}
-	return c, fmt.Errorf("sidecar: register ext_authz metrics: %w", err)
+	return c, fmt.Errorf("extauthz: register metrics: %w", err)
 }
 
-func (m *extAuthzMetrics) observe(d *authzDecision, took time.Duration) {
+func (m *metrics) observe(d *authzDecision, took time.Duration) {
 	m.duration.Observe(took.Seconds())
 	route := d.route
 	if route == "" {
@@ -130,21 +137,21 @@ func (m *extAuthzMetrics) observe(d *authzDecision, took time.Duration) {
 	}
 }
 
-// extAuthzServer adapts the policy core to Envoy's Authorization service:
+// server adapts the policy core to Envoy's Authorization service:
 // it converts the CheckRequest, calls decide and converts the decision.
-type extAuthzServer struct {
+type server struct {
 	authv3.UnimplementedAuthorizationServer
-	policy  *ExtAuthzPolicy
-	svc     authzCrypto
+	policy  *Policy
+	svc     Crypto
 	rt      *authzRuntime
-	metrics *extAuthzMetrics
+	metrics *metrics
 	log     *slog.Logger
 }
 
 // Check answers one Envoy authorization request. It returns a gRPC error
 // only when the call itself is canceled; every policy outcome is a
 // CheckResponse.
-func (s *extAuthzServer) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+func (s *server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	r := toAuthzRequest(req)
 	d := s.policy.decide(ctx, s.svc, s.rt, r)
@@ -240,14 +247,14 @@ func headerOption(h headerKV, action corev3.HeaderValueOption_HeaderAppendAction
 	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.name, Value: h.value}, AppendAction: action}
 }
 
-// extAuthzHealth answers gRPC health checks for Envoy's cluster health
+// healthServer answers gRPC health checks for Envoy's cluster health
 // checker: SERVING once every keyset is loaded.
-type extAuthzHealth struct {
+type healthServer struct {
 	healthpb.UnimplementedHealthServer
 	ready func() bool
 }
 
-func (h extAuthzHealth) Check(_ context.Context, r *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+func (h healthServer) Check(_ context.Context, r *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	switch r.GetService() {
 	case "", authv3.Authorization_ServiceDesc.ServiceName:
 	default:
@@ -264,7 +271,7 @@ func (h extAuthzHealth) Check(_ context.Context, r *healthpb.HealthCheckRequest)
 func checkLoopback(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("sidecar: ext_authz address %q: %w (write 127.0.0.1:9191)", addr, err)
+		return fmt.Errorf("extauthz: address %q: %w (write 127.0.0.1:9191)", addr, err)
 	}
 	if host == "localhost" {
 		return nil
@@ -272,41 +279,66 @@ func checkLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("sidecar: ext_authz address %q is not a loopback address; only the pod's own proxy may call it (write 127.0.0.1:PORT)", addr)
+	return fmt.Errorf("extauthz: address %q is not a loopback address; only the pod's own proxy may call it (write 127.0.0.1:PORT)", addr)
 }
 
-// startExtAuthz serves the ext_authz API on cfg.Addr and/or cfg.Socket
-// until ctx is canceled or stop is called. addr is the TCP address bound
-// ("" when TCP is off). With both disabled it does nothing.
-func startExtAuthz(ctx context.Context, svc *Service, m *Metrics, log *slog.Logger, cfg ExtAuthzConfig) (addr string, stop func(), err error) {
+// Server is a running ext_authz service.
+type Server struct {
+	addr string
+	stop func()
+	done chan struct{}
+}
+
+// Addr is the loopback TCP address bound, or "" when TCP is off.
+func (s *Server) Addr() string { return s.addr }
+
+// Stop stops serving, letting checks in flight finish for up to 5s. It is
+// also called when Start's ctx is canceled.
+func (s *Server) Stop() { s.stop() }
+
+// Wait blocks until the service has stopped.
+func (s *Server) Wait() { <-s.done }
+
+// Start serves the ext_authz API on cfg.Addr and/or cfg.Socket over c
+// until ctx is canceled or Stop is called. With both disabled it serves
+// nothing and its Server is already stopped.
+func Start(ctx context.Context, cfg Config, c Crypto) (*Server, error) {
+	done := make(chan struct{})
 	if !cfg.Enabled() {
-		return "", func() {}, nil
+		close(done)
+		return &Server{stop: func() {}, done: done}, nil
 	}
 	if cfg.Policy == nil {
-		return "", nil, fmt.Errorf("%w: ext_authz is enabled but no policy was given (set --ext-authz-policy FILE)", ErrExtAuthzPolicy)
+		return nil, fmt.Errorf("%w: ext_authz is enabled but no policy was given (set --ext-authz-policy FILE)", ErrPolicy)
 	}
+	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	// A policy built in Go rather than parsed gets the same checks (and its
 	// route index).
 	if err := cfg.Policy.validate(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
+	served := c.Keysets()
 	for _, ks := range cfg.Policy.Keysets() {
-		if !slices.Contains(svc.keysets, ks) {
-			return "", nil, fmt.Errorf("%w: the policy uses keyset %q, which this sidecar does not serve (it serves %v); add --keyset %s=PATH",
-				ErrExtAuthzPolicy, ks, svc.keysets, ks)
+		if !slices.Contains(served, ks) {
+			return nil, fmt.Errorf("%w: the policy uses keyset %q, which this sidecar does not serve (it serves %v); add --keyset %s=PATH",
+				ErrPolicy, ks, served, ks)
 		}
 	}
 	if cfg.Addr != "" {
 		if err := checkLoopback(cfg.Addr); err != nil {
-			return "", nil, err
+			return nil, err
 		}
 	}
-	em, err := newExtAuthzMetrics(m.Registry)
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	em, err := newMetrics(reg)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	var listeners []net.Listener
 	closeAll := func() {
@@ -314,10 +346,11 @@ func startExtAuthz(ctx context.Context, svc *Service, m *Metrics, log *slog.Logg
 			l.Close()
 		}
 	}
+	addr := ""
 	if cfg.Addr != "" {
 		l, err := net.Listen("tcp", cfg.Addr)
 		if err != nil {
-			return "", nil, fmt.Errorf("sidecar: ext_authz listener: %w", err)
+			return nil, fmt.Errorf("extauthz: listener: %w", err)
 		}
 		listeners = append(listeners, l)
 		addr = l.Addr().String()
@@ -327,129 +360,56 @@ func startExtAuthz(ctx context.Context, svc *Service, m *Metrics, log *slog.Logg
 		if mode == 0 {
 			mode = 0o660
 		}
-		ul, err := listenUnix(cfg.Socket, mode)
+		ul, err := socket.Listen(cfg.Socket, mode)
 		if err != nil {
 			closeAll()
-			return "", nil, fmt.Errorf("sidecar: ext_authz socket: %w", err)
+			return nil, fmt.Errorf("extauthz: socket: %w", err)
 		}
 		listeners = append(listeners, ul)
 	}
 	if cfg.AllowedUIDs != nil {
-		allow := uidAllowlist{}
-		for _, u := range cfg.AllowedUIDs {
-			allow[u] = true
+		allow := socket.NewAllowlist(cfg.AllowedUIDs)
+		refused := func(uid uint32, known bool, err error) {
+			if cfg.PeerRefused != nil {
+				cfg.PeerRefused()
+			}
+			log.Warn("ext_authz connection refused", "uid", uid, "known", known, "err", err,
+				"hint", "add the proxy's UID to --ext-authz-allowed-uids")
 		}
 		for i, l := range listeners {
-			listeners[i] = &uidListener{Listener: l, allow: allow, metrics: m, log: log, procNet: "/proc/net"}
+			listeners[i] = socket.Guard(l, allow, refused)
 		}
 	}
 
 	gs := grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
-	authv3.RegisterAuthorizationServer(gs, &extAuthzServer{policy: cfg.Policy, svc: svc, rt: newAuthzRuntime(), metrics: em, log: log})
-	healthpb.RegisterHealthServer(gs, extAuthzHealth{ready: svc.Ready})
+	authv3.RegisterAuthorizationServer(gs, &server{policy: cfg.Policy, svc: c, rt: newAuthzRuntime(), metrics: em, log: log})
+	healthpb.RegisterHealthServer(gs, healthServer{ready: c.Ready})
 	var wg sync.WaitGroup
 	for _, l := range listeners {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = gs.Serve(l) }()
 	}
 	log.Info("ext_authz listening", "addr", addr, "socket", cfg.Socket, "default", cfg.Policy.Default,
-		"routes", len(cfg.Policy.Routes), "keysets", cfg.Policy.Keysets(), "allowed_uids", allowedString(cfg.AllowedUIDs))
+		"routes", len(cfg.Policy.Routes), "keysets", cfg.Policy.Keysets(), "allowed_uids", socket.Describe(cfg.AllowedUIDs))
 
 	var once sync.Once
-	done := make(chan struct{})
-	stop = func() {
+	stopped := make(chan struct{})
+	stop := func() {
 		once.Do(func() {
-			close(done)
-			stopGRPC(gs, 5*time.Second)
+			close(stopped)
+			socket.StopGRPC(gs, 5*time.Second)
 			closeAll()
 			wg.Wait()
 			log.Info("ext_authz stopped")
+			close(done)
 		})
 	}
 	go func() {
 		select {
 		case <-ctx.Done():
 			stop()
-		case <-done:
+		case <-stopped:
 		}
 	}()
-	return addr, stop, nil
-}
-
-// uidListener drops connections from peers whose UID is not allowed,
-// before any gRPC byte is read. On a Unix socket the kernel reports the
-// peer (SO_PEERCRED); on loopback TCP the peer's socket is looked up in
-// /proc/net/tcp{,6}, which lists its owner's UID. A peer that cannot be
-// identified is refused.
-type uidListener struct {
-	net.Listener
-	allow   uidAllowlist
-	metrics *Metrics
-	log     *slog.Logger
-	procNet string // "/proc/net"; tests may point elsewhere
-}
-
-func (l *uidListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		uid, err := l.peerUID(c)
-		if err == nil && l.allow.allows(uid) {
-			return c, nil
-		}
-		l.metrics.peerRejected("extauthz")
-		l.log.Warn("ext_authz connection refused", "uid", uid, "known", err == nil, "err", err,
-			"hint", "add the proxy's UID to --ext-authz-allowed-uids")
-		c.Close()
-	}
-}
-
-func (l *uidListener) peerUID(c net.Conn) (uint32, error) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		return tcpPeerUID(l.procNet, tc.LocalAddr().(*net.TCPAddr), tc.RemoteAddr().(*net.TCPAddr))
-	}
-	cred, err := peerCred(c)
-	return cred.UID, err
-}
-
-// tcpPeerUID finds the UID owning the other end of a loopback TCP
-// connection: the socket whose local address is our remote and whose remote
-// address is our local, as the kernel lists it in /proc/net/tcp or tcp6
-// (addresses as native-endian 32-bit words in hex, ports in hex).
-func tcpPeerUID(procNet string, local, remote *net.TCPAddr) (uint32, error) {
-	file, width := "tcp", 4
-	if local.IP.To4() == nil {
-		file, width = "tcp6", 16
-	}
-	want := func(a *net.TCPAddr) string {
-		ip := a.IP.To16()
-		if width == 4 {
-			ip = a.IP.To4()
-		}
-		var b strings.Builder
-		for i := 0; i < len(ip); i += 4 {
-			fmt.Fprintf(&b, "%08X", binary.NativeEndian.Uint32(ip[i:i+4]))
-		}
-		fmt.Fprintf(&b, ":%04X", a.Port)
-		return b.String()
-	}
-	peerLocal, peerRemote := want(remote), want(local)
-	data, err := os.ReadFile(filepath.Join(procNet, file))
-	if err != nil {
-		return 0, fmt.Errorf("sidecar: identify ext_authz TCP peer: %w", err)
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 8 || f[1] != peerLocal || f[2] != peerRemote {
-			continue
-		}
-		uid, err := strconv.ParseUint(f[7], 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("sidecar: identify ext_authz TCP peer: bad uid %q in %s", f[7], file)
-		}
-		return uint32(uid), nil
-	}
-	return 0, fmt.Errorf("sidecar: identify ext_authz TCP peer: %s not in %s (not a local process?)", peerLocal, file)
+	return &Server{addr: addr, stop: stop, done: done}, nil
 }

@@ -1,4 +1,4 @@
-package sidecar
+package extauthz
 
 import (
 	"context"
@@ -39,7 +39,7 @@ func tokenCtx(rule map[string]string) map[string]string {
 // examplePolicy is the shipped examples/extauthz-policy.yaml, unchanged.
 func examplePolicy(t testing.TB) string {
 	t.Helper()
-	raw, err := os.ReadFile("../../examples/extauthz-policy.yaml")
+	raw, err := os.ReadFile("../../../examples/extauthz-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestExtAuthzStripsPolicyHeadersOnEveryDecision(t *testing.T) {
 // Finding 3: a prefix matches whole path segments ("/healthz" is not a
 // prefix of "/healthzX"; "/admin/" covers "/admin"), case-sensitively.
 func TestExtAuthzRouteSegmentBoundary(t *testing.T) {
-	p, err := ParseExtAuthzPolicy([]byte(`{"default": "allow", "routes": [
+	p, err := ParsePolicy([]byte(`{"default": "allow", "routes": [
 		{"prefix": "/healthz", "allow": true}, {"prefix": "/admin/", "deny": true}, {"prefix": "/", "allow": true}, {"prefix": "/a/b", "deny": true}]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -242,9 +242,9 @@ func TestExtAuthzContextFreeCiphertextDenied(t *testing.T) {
 // value it could open ciphertexts sealed for some other purpose).
 func TestExtAuthzPolicyRefusesReservedContext(t *testing.T) {
 	for _, ctx := range []string{`{"keyshift.io/purpose": "ext-authz-token"}`, `{"keyshift.io/purpose": "other"}`} {
-		_, err := ParseExtAuthzPolicy([]byte(`{"default": "deny", "routes": [{"prefix": "/a/", "decrypt": [
+		_, err := ParsePolicy([]byte(`{"default": "deny", "routes": [{"prefix": "/a/", "decrypt": [
 			{"keyset": "k", "cookie": "s", "to_header": "x-u", "context": ` + ctx + `}]}]}`))
-		if !errors.Is(err, ErrExtAuthzPolicy) || !strings.Contains(err.Error(), "is reserved") {
+		if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "is reserved") {
 			t.Errorf("context %s: %v; want refused as reserved", ctx, err)
 		}
 	}
@@ -445,7 +445,7 @@ func TestExtAuthzNonceCacheBounded(t *testing.T) {
 // refuses (503, nonce_cache_full) and frees up once the window has passed.
 func TestExtAuthzNonceCacheFullFailsClosed(t *testing.T) {
 	a := newAuthzEnv(t, noncePolicy)
-	p, err := ParseExtAuthzPolicy([]byte(noncePolicy))
+	p, err := ParsePolicy([]byte(noncePolicy))
 	if err != nil {
 		t.Fatal(err)
 	}

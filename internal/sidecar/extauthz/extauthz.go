@@ -1,4 +1,11 @@
-package sidecar
+// Package extauthz is keyshift's Envoy / Istio ext_authz service
+// (envoy.service.auth.v3.Authorization): per route, it opens sealed
+// cookies and headers into plaintext headers for the upstream, reseals
+// values under the newest key version, and signs or verifies request
+// MACs, all through the sidecar's keyring behind the small Crypto
+// interface. The decision is a pure function of (policy, request, crypto);
+// server.go adapts it to Envoy's CheckRequest and CheckResponse.
+package extauthz
 
 import (
 	"context"
@@ -14,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keyshift/keyshift/internal/envelope"
+	"github.com/keyshift/keyshift/internal/sidecar/cryptoapi"
 )
 
 // This file is the ext_authz core: a pure function from (policy, request,
@@ -21,16 +29,18 @@ import (
 // only converts Envoy's CheckRequest into an authzRequest and the decision
 // into a CheckResponse.
 
-// authzCrypto is what the ext_authz core needs from the crypto service.
-type authzCrypto interface {
-	Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (Opened, error)
-	Encrypt(ctx context.Context, keyset string, plaintext []byte, c map[string]string) (Sealed, error)
+// Crypto is what the ext_authz core needs from the crypto service.
+type Crypto interface {
+	Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (cryptoapi.Opened, error)
+	Encrypt(ctx context.Context, keyset string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error)
 	Primary(keyset string) (uint32, error)
 	Sign(ctx context.Context, keyset string, data []byte) (uint32, []byte, error)
 	Verify(ctx context.Context, keyset string, version uint32, data, mac []byte) error
+	// Keysets names the keysets served; a policy may use no other.
+	Keysets() []string
+	// Ready reports whether every keyset is loaded (the health check).
+	Ready() bool
 }
-
-var _ authzCrypto = (*Service)(nil)
 
 // Denial reasons: the x-keyshift-denied header value and the metric label.
 // They never carry request data.
@@ -53,7 +63,7 @@ const (
 	reasonBadNonce       = "bad_nonce"          // not 16 to 128 base64url characters
 	reasonReplayed       = "replayed_nonce"     // the nonce was seen within the window
 	reasonNonceFull      = "nonce_cache_full"   // too many live nonces to remember another (503)
-	// Service errors keep their reason() label: auth_failed, malformed,
+	// Service errors keep their cryptoapi.Reason() label: auth_failed, malformed,
 	// unsupported_format, unknown_version, revoked, bad_mac, not_ready,
 	// internal…
 )
@@ -72,24 +82,24 @@ const (
 	macDomainProxy  = "keyshift-request-mac-v2/proxy"
 )
 
-// ExtAuthzPurposeKey and ExtAuthzPurposeToken are the encryption context
+// PurposeKey and PurposeToken are the encryption context
 // entry every ciphertext opened by an ext_authz decrypt rule must be sealed
 // with, in addition to the rule's own context. An app mints a token with
-// Encrypt(keyset, plaintext, {ExtAuthzPurposeKey: ExtAuthzPurposeToken,
+// Encrypt(keyset, plaintext, {PurposeKey: PurposeToken,
 // ...the rule's context}). Ciphertexts sealed for anything else (the app's
 // stored data, the canary in every keyset document) then never pass as
 // tokens, and their plaintexts never reach a header.
 const (
-	ExtAuthzPurposeKey   = "keyshift.io/purpose"
-	ExtAuthzPurposeToken = "ext-authz-token"
+	PurposeKey   = "keyshift.io/purpose"
+	PurposeToken = "ext-authz-token"
 )
 
-// ExtAuthzTimestampHeader and ExtAuthzNonceHeader carry the timestamp
+// TimestampHeader and NonceHeader carry the timestamp
 // (unix seconds in decimal) and nonce every request MAC covers: sent by
 // the client on verify routes, set by the sidecar on sign routes.
 const (
-	ExtAuthzTimestampHeader = "x-keyshift-timestamp"
-	ExtAuthzNonceHeader     = "x-keyshift-nonce"
+	TimestampHeader = "x-keyshift-timestamp"
+	NonceHeader     = "x-keyshift-nonce"
 )
 
 // tokenContext is the context a decrypt rule opens and reseals with.
@@ -98,7 +108,7 @@ func tokenContext(rule map[string]string) map[string]string {
 	for k, v := range rule {
 		c[k] = v
 	}
-	c[ExtAuthzPurposeKey] = ExtAuthzPurposeToken
+	c[PurposeKey] = PurposeToken
 	return c
 }
 
@@ -190,7 +200,7 @@ func deny(route string, status int, reason string) authzDecision {
 // denyErr turns a service error into a denial: crypto failures are the
 // client's (401), an unloaded keyring is ours and temporary (503).
 func denyErr(route string, err error) authzDecision {
-	r := reason(err)
+	r := cryptoapi.Reason(err)
 	switch r {
 	case "not_ready", "canceled":
 		return deny(route, http.StatusServiceUnavailable, r)
@@ -203,7 +213,7 @@ func denyErr(route string, err error) authzDecision {
 // decide applies the policy to one request. It is pure apart from the calls
 // into the crypto service, the clock and the nonce cache, and safe for
 // concurrent use.
-func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, rtm *authzRuntime, r *authzRequest) authzDecision {
+func (p *Policy) decide(ctx context.Context, c Crypto, rtm *authzRuntime, r *authzRequest) authzDecision {
 	if len(p.byLength) == 0 && p.Default == "allow" {
 		return authzDecision{allowed: true}
 	}
@@ -299,7 +309,7 @@ func (p *ExtAuthzPolicy) decide(ctx context.Context, c authzCrypto, rtm *authzRu
 		if err != nil {
 			return denyErr(rt.Prefix, err)
 		}
-		d.upstream = append(d.upstream, headerKV{ExtAuthzTimestampHeader, ts}, headerKV{ExtAuthzNonceHeader, nonce},
+		d.upstream = append(d.upstream, headerKV{TimestampHeader, ts}, headerKV{NonceHeader, nonce},
 			headerKV{s.Header, formatMAC(version, mac)})
 	}
 	d.stripWritten(p.strip)
@@ -319,7 +329,7 @@ func (d *authzDecision) stripWritten(strip []string) {
 // openFirst decrypts the first value that opens under the rule's keyset.
 // Several values only come from same-named cookies; the first failure is
 // the one reported.
-func openFirst(ctx context.Context, c authzCrypto, route string, rule *ExtAuthzDecrypt, values []string) (Opened, *authzDecision) {
+func openFirst(ctx context.Context, c Crypto, route string, rule *DecryptRule, values []string) (cryptoapi.Opened, *authzDecision) {
 	var first *authzDecision
 	fail := func(d authzDecision) {
 		if first == nil {
@@ -357,13 +367,13 @@ func openFirst(ctx context.Context, c authzCrypto, route string, rule *ExtAuthzD
 		}
 		return opened, nil
 	}
-	return Opened{}, first
+	return cryptoapi.Opened{}, first
 }
 
 // reseal seals the plaintext again under the primary when it was opened
 // under an older version and queues the value for the client. A failure
 // here does not deny: the request itself was valid.
-func (d *authzDecision) reseal(ctx context.Context, c authzCrypto, rule *ExtAuthzDecrypt, opened Opened) {
+func (d *authzDecision) reseal(ctx context.Context, c Crypto, rule *DecryptRule, opened cryptoapi.Opened) {
 	primary, err := c.Primary(opened.Keyset)
 	if err != nil {
 		d.resealErrs++
@@ -407,7 +417,7 @@ func (d *authzDecision) upstreamHeader(orig map[string]string, strip []string) f
 // skew window and, when the rule requires one, that its nonce is fresh. The
 // nonce is recorded only once the MAC verifies, so forged requests cannot
 // use up a sender's nonces.
-func verifyMAC(ctx context.Context, c authzCrypto, rtm *authzRuntime, route string, v *ExtAuthzMAC, parts requestParts, header func(string) string) (authzDecision, bool) {
+func verifyMAC(ctx context.Context, c Crypto, rtm *authzRuntime, route string, v *MACRule, parts requestParts, header func(string) string) (authzDecision, bool) {
 	sig := header(v.Header)
 	if sig == "" {
 		return deny(route, http.StatusUnauthorized, reasonMissingMAC), false
@@ -416,7 +426,7 @@ func verifyMAC(ctx context.Context, c authzCrypto, rtm *authzRuntime, route stri
 	if !ok {
 		return deny(route, http.StatusUnauthorized, reasonBadMACFormat), false
 	}
-	tsText := header(ExtAuthzTimestampHeader)
+	tsText := header(TimestampHeader)
 	if tsText == "" {
 		return deny(route, http.StatusUnauthorized, reasonNoTimestamp), false
 	}
@@ -431,7 +441,7 @@ func verifyMAC(ctx context.Context, c authzCrypto, rtm *authzRuntime, route stri
 	case ts > now.Unix()+skew:
 		return deny(route, http.StatusUnauthorized, reasonFuture), false
 	}
-	nonce := header(ExtAuthzNonceHeader)
+	nonce := header(NonceHeader)
 	switch {
 	case nonce == "" && v.RequireNonce:
 		return deny(route, http.StatusUnauthorized, reasonNoNonce), false
@@ -459,7 +469,7 @@ func verifyMAC(ctx context.Context, c authzCrypto, rtm *authzRuntime, route stri
 }
 
 // skew is the rule's timestamp window in seconds.
-func (m *ExtAuthzMAC) skew() int64 {
+func (m *MACRule) skew() int64 {
 	if m.MaxSkewSeconds > 0 {
 		return int64(m.MaxSkewSeconds)
 	}

@@ -27,7 +27,7 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 	"github.com/keyshift/keyshift/internal/xds"
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // firstResponse opens an SDS stream for keyset "orders" and returns the
@@ -46,7 +46,7 @@ func firstResponse(t *testing.T, addr string) (*discovery.DiscoveryResponse, err
 		return nil, err
 	}
 	// A refused stream fails Send with io.EOF; Recv returns the status.
-	if err := st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "ns/pod"}, TypeUrl: xdsclient.SecretType, ResourceNames: []string{xds.ResourceName("orders")}}); err != nil && !errors.Is(err, io.EOF) {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "ns/pod"}, TypeUrl: wire.SecretType, ResourceNames: []string{wire.ResourceName("orders")}}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return st.Recv()

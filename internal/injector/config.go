@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // SidecarMode says how the sidecar is added to a pod.
@@ -54,7 +56,7 @@ const (
 	XDSDir         = "/var/run/secrets/keyshift.io/xds"
 	XDSTokenFile   = "token"
 	XDSCAFile      = "ca.crt"
-	XDSAudience    = "keyshift.io/xds"
+	XDSAudience    = wire.TokenAudience
 	XDSCAConfigMap = "keyshift-xds-ca"
 	// XDSTokenSeconds is the token's lifetime; the kubelet renews it at
 	// 80% of that, and the controller ends a stream when its token

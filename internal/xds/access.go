@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // Identity is who an xDS stream authenticated as: one pod.
@@ -26,7 +26,7 @@ type Identity struct {
 }
 
 // NodeID is the xDS node ID the pod must present: namespace/pod.
-func (id Identity) NodeID() string { return id.Namespace + "/" + id.Pod }
+func (id Identity) NodeID() string { return wire.NodeID(id.Namespace, id.Pod) }
 
 // Access decides who may subscribe and to what. A Server without Access
 // is open: anyone who reaches it reads every keyset, which is only for a
@@ -64,7 +64,7 @@ func (h scopeHash) ID(node *core.Node) string {
 	if h.open {
 		return ""
 	}
-	ns, _, _ := strings.Cut(node.GetId(), "/")
+	ns, _, _ := wire.SplitNodeID(node.GetId())
 	return ns
 }
 
@@ -77,8 +77,8 @@ func (s *Server) authorize(str *stream, node string, names []string) error {
 		return status.Error(codes.InvalidArgument, "xds: name the keysets to subscribe to; wildcard subscriptions are not served")
 	}
 	for _, n := range names {
-		if !strings.HasPrefix(n, xdsclient.ResourcePrefix) || len(n) == len(xdsclient.ResourcePrefix) {
-			return status.Errorf(codes.InvalidArgument, "xds: resource %q is not a keyset (%sNAME)", clip(n), xdsclient.ResourcePrefix)
+		if _, ok := wire.KeysetName(n); !ok {
+			return status.Errorf(codes.InvalidArgument, "xds: resource %q is not a keyset (%sNAME)", clip(n), wire.ResourcePrefix)
 		}
 	}
 	if s.access == nil {
@@ -91,7 +91,7 @@ func (s *Server) authorize(str *stream, node string, names []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, n := range names {
-		name := strings.TrimPrefix(n, xdsclient.ResourcePrefix)
+		name, _ := wire.KeysetName(n)
 		if err := s.access.Authorize(ctx, id, name); err != nil {
 			return status.Errorf(codes.PermissionDenied, "xds: pod %s may not read keyset %s/%s: %v", id.NodeID(), id.Namespace, clip(name), err)
 		}

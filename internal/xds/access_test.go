@@ -18,7 +18,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/xds"
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 	"github.com/keyshift/keyshift/internal/xds/xdstest"
 )
 
@@ -35,11 +35,12 @@ func (tk tokens) access() *xds.Access {
 	return &xds.Access{
 		Authenticate: func(ctx context.Context) (xds.Identity, error) {
 			md, _ := metadata.FromIncomingContext(ctx)
-			v := md.Get("authorization")
+			v := md.Get(wire.AuthorizationKey)
 			if len(v) != 1 {
 				return xds.Identity{}, errors.New("no bearer token")
 			}
-			id, ok := tk.ids[strings.TrimPrefix(v[0], "Bearer ")]
+			tok, _ := wire.ParseBearer(v[0])
+			id, ok := tk.ids[tok]
 			if !ok {
 				return xds.Identity{}, errors.New("token refused")
 			}
@@ -152,7 +153,7 @@ func TestAccessScopesToNamespace(t *testing.T) {
 	if len(resp.GetResources()) != 1 {
 		t.Fatalf("got %d resources, want 1", len(resp.GetResources()))
 	}
-	_, doc, err := xdsclient.Decode(resp.GetResources()[0])
+	_, doc, err := wire.Decode(resp.GetResources()[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestAccessScopesToNamespace(t *testing.T) {
 	if string(got.Versions[0].WrappedKey) != string(docs["shop"].Versions[0].WrappedKey) {
 		t.Fatal("pod-a of shop was served another namespace's keyset")
 	}
-	if err := st.Send(&discovery.DiscoveryRequest{TypeUrl: xdsclient.SecretType, ResourceNames: []string{xds.ResourceName("payments")}, ResponseNonce: resp.GetNonce(), VersionInfo: resp.GetVersionInfo()}); err != nil {
+	if err := st.Send(&discovery.DiscoveryRequest{TypeUrl: wire.SecretType, ResourceNames: []string{wire.ResourceName("payments")}, ResponseNonce: resp.GetNonce(), VersionInfo: resp.GetVersionInfo()}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return len(x.Status("shop", "payments", 1).Acked) == 1 }, "shop counts pod-a's ACK")

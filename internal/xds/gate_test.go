@@ -22,6 +22,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/xds"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
 	"github.com/keyshift/keyshift/internal/xds/xdstest"
 )
@@ -103,7 +104,7 @@ func TestXDSFollowerRefusesStreams(t *testing.T) {
 	}
 	defer conn.Close()
 	_, err = secretservice.NewSecretDiscoveryServiceClient(conn).FetchSecrets(context.Background(),
-		&discovery.DiscoveryRequest{Node: nodeProto("ns/pod-a"), TypeUrl: xdsclient.SecretType, ResourceNames: []string{xds.ResourceName("payments")}})
+		&discovery.DiscoveryRequest{Node: nodeProto("ns/pod-a"), TypeUrl: wire.SecretType, ResourceNames: []string{wire.ResourceName("payments")}})
 	// One-off fetches are not served at all: they have no stream to
 	// scope, authorise and count.
 	if status.Code(err) != codes.Unimplemented {
@@ -126,8 +127,8 @@ func TestXDSStepDownClosesStreams(t *testing.T) {
 	if err != nil || len(resp.GetResources()) != 1 {
 		t.Fatalf("leader's first response: %v, %v", resp, err)
 	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: nodeProto("ns/pod-a"), TypeUrl: xdsclient.SecretType,
-		ResourceNames: []string{xds.ResourceName("payments")}, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: nodeProto("ns/pod-a"), TypeUrl: wire.SecretType,
+		ResourceNames: []string{wire.ResourceName("payments")}, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return slices.Equal(l.x.Status("", "payments", 1).Acked, []string{"ns/pod-a"}) }, "the leader counts the ACK")

@@ -2,7 +2,8 @@
 // keyset documents to sidecars over xDS, as SDS generic-secret resources
 // from go-control-plane's snapshot cache, and tracks each sidecar's ACK or
 // NACK so the controller knows when a key version is loaded everywhere.
-// The sidecar's side is package xdsclient.
+// The sidecar's side is package xdsclient; the contract both keep is
+// package wire.
 //
 // Resource names are "keyshift/<keyset>"; the secret's inline bytes are the
 // keyset JSON (wrapped keys only).
@@ -29,23 +30,18 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/keyshift/keyshift/internal/keyset"
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
-
-// ResourceName is the xDS resource name of keyset name.
-func ResourceName(name string) string { return xdsclient.ResourceName(name) }
 
 // Server serves keysets to sidecars and tracks what each has acknowledged.
 type Server struct {
@@ -132,14 +128,9 @@ func (s *Server) Publish(ctx context.Context, scope string, ks *keyset.Keyset) e
 		if err != nil {
 			return fmt.Errorf("xds: publish %s: %w", name, err)
 		}
-		res = append(res, &tlsv3.Secret{
-			Name: ResourceName(name),
-			Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
-				Secret: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: b}},
-			}},
-		})
+		res = append(res, wire.Encode(name, b))
 	}
-	snap, err := cachev3.NewSnapshot(strconv.Itoa(s.version), map[resource.Type][]types.Resource{resource.SecretType: res})
+	snap, err := cachev3.NewSnapshot(strconv.Itoa(s.version), map[string][]types.Resource{wire.SecretType: res})
 	if err != nil {
 		return fmt.Errorf("xds: snapshot: %w", err)
 	}
@@ -185,7 +176,7 @@ func (s *Server) Status(scope, name string, version uint32) AckStatus {
 	defer s.mu.Unlock()
 	st := AckStatus{NACKs: map[string]string{}}
 	for _, str := range s.streams {
-		if str.scope != scope || str.node == "" || !str.names[ResourceName(name)] {
+		if str.scope != scope || str.node == "" || !str.names[wire.ResourceName(name)] {
 			continue
 		}
 		st.Subscribers = append(st.Subscribers, str.node)
@@ -219,8 +210,8 @@ func (s *Server) notify() {
 
 // OnStreamOpen implements the go-control-plane callbacks.
 func (s *Server) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
-	if typeURL != resource.SecretType && typeURL != "" {
-		return fmt.Errorf("xds: only %s is served", resource.SecretType)
+	if typeURL != wire.SecretType && typeURL != "" {
+		return fmt.Errorf("xds: only %s is served", wire.SecretType)
 	}
 	str := &stream{names: map[string]bool{}, sent: map[string]map[string]uint32{}, acked: map[string]uint32{}, nacked: map[string]nack{}}
 	if s.access != nil {
@@ -298,7 +289,7 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, _ *discovery.Disc
 	}
 	m := map[string]uint32{}
 	for _, a := range resp.GetResources() {
-		name, doc, err := xdsclient.Decode(a)
+		name, doc, err := wire.Decode(a)
 		if err != nil {
 			continue
 		}

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/envelope"
 	"github.com/keyshift/keyshift/internal/xds/usagev1"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // UsageSink keeps the key usage records sidecars report. id is who
@@ -86,7 +86,7 @@ func (u usageService) Report(ctx context.Context, req *usagev1.ReportRequest) (*
 			return nil, status.Errorf(codes.PermissionDenied, "xds: node id %q is not the authenticated pod %s", clip(req.GetNodeId()), id.NodeID())
 		}
 	} else {
-		id.Namespace, id.Pod, _ = strings.Cut(clip(req.GetNodeId()), "/")
+		id.Namespace, id.Pod, _ = wire.SplitNodeID(clip(req.GetNodeId()))
 	}
 	allowed := map[string]bool{}
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/xds"
 	"github.com/keyshift/keyshift/internal/xds/usagev1"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // sink keeps what the server hands it.
@@ -40,7 +41,7 @@ func report(t *testing.T, addr, token, node string, recs ...*usagev1.Record) (*u
 	defer conn.Close()
 	ctx := context.Background()
 	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		ctx = metadata.AppendToOutgoingContext(ctx, wire.AuthorizationKey, wire.Bearer(token))
 	}
 	return usagev1.NewKeyUsageClient(conn).Report(ctx, &usagev1.ReportRequest{NodeId: node, Records: recs})
 }

@@ -24,7 +24,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 	"github.com/keyshift/keyshift/internal/xds/xdstest"
 )
 
@@ -82,7 +82,7 @@ func xdsAskWith(creds grpc.DialOption, addr, token, node string, names ...string
 	}
 	out := map[string]*keyset.Keyset{}
 	for _, a := range resp.GetResources() {
-		name, doc, err := xdsclient.Decode(a)
+		name, doc, err := wire.Decode(a)
 		if err != nil {
 			return nil, err
 		}

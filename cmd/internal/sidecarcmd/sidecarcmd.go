@@ -16,6 +16,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/internal/sidecar/extauthz"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // keysetFlags collects repeated --keyset NAME=PATH.
@@ -149,7 +150,7 @@ func serve(ctx context.Context, cfg sidecar.Config, authz extauthz.Config) error
 func nodeIDFromEnv() string {
 	ns, pod := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME")
 	if ns != "" && pod != "" {
-		return ns + "/" + pod
+		return wire.NodeID(ns, pod)
 	}
 	return pod
 }

@@ -18,13 +18,14 @@ import (
 
 	"github.com/keyshift/keyshift/injector/annotation"
 	"github.com/keyshift/keyshift/internal/xds"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // DefaultXDSAudience is the audience of the projected ServiceAccount token
 // a sidecar presents to the controller. A token for any other audience
 // (the pod's API token, another system's) is refused, so a token meant for
 // keyshift cannot be replayed elsewhere and the other way round.
-const DefaultXDSAudience = "keyshift.io/xds"
+const DefaultXDSAudience = wire.TokenAudience
 
 // Extra keys the API server sets in a TokenReview of a pod-bound token.
 const (
@@ -68,12 +69,12 @@ func (a *XDSAccess) audience() string {
 // Authenticate checks the bearer token of a stream with a TokenReview.
 func (a *XDSAccess) Authenticate(ctx context.Context) (xds.Identity, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	vals := md.Get(wire.AuthorizationKey)
 	if len(vals) != 1 {
 		return xds.Identity{}, errors.New("no bearer token: a sidecar presents its pod's projected ServiceAccount token (audience " + a.audience() + ")")
 	}
-	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok || tok == "" {
+	tok, ok := wire.ParseBearer(vals[0])
+	if !ok {
 		return xds.Identity{}, errors.New("the authorization header is not a bearer token")
 	}
 	aud := a.audience()

@@ -1,7 +1,8 @@
 // Package xdsclient is the sidecar's side of keyset distribution: a small
 // state-of-the-world SDS client that applies each pushed keyset document
 // and ACKs only once it is in use. It imports only the few Envoy protos it
-// speaks, not go-control-plane's server, to keep the sidecar small.
+// speaks, not go-control-plane's server, to keep the sidecar small; what
+// it shares with the controller is in package wire.
 package xdsclient
 
 import (
@@ -20,7 +21,6 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -30,9 +30,9 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/keyshift/keyshift/internal/xds/usagev1"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // Client subscribes a sidecar to its keysets over SDS. Each pushed document
@@ -64,8 +64,8 @@ type Client struct {
 	// renewal.
 	CAFile, ServerName string
 	// TokenFile holds the pod's projected ServiceAccount token (audience
-	// keyshift). It is reread for every stream, as the kubelet renews it,
-	// and sent as a bearer token over TLS only.
+	// wire.TokenAudience). It is reread for every stream, as the kubelet
+	// renews it, and sent as a bearer token over TLS only.
 	TokenFile string
 	// Insecure dials without TLS and token, for a controller on loopback
 	// or a Unix socket (keyshift demo); it is refused for other addresses.
@@ -163,10 +163,10 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 	}
 	names := make([]string, len(c.Keysets))
 	for i, n := range c.Keysets {
-		names[i] = ResourceName(n)
+		names[i] = wire.ResourceName(n)
 	}
 	node := &core.Node{Id: c.NodeID}
-	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: SecretType, ResourceNames: names}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: wire.SecretType, ResourceNames: names}
 	if err := st.Send(req); err != nil {
 		return streamErr(st, err)
 	}
@@ -179,7 +179,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 		}
 		var errs []string
 		for _, a := range resp.GetResources() {
-			name, doc, err := Decode(a)
+			name, doc, err := wire.Decode(a)
 			if err == nil {
 				err = c.Apply(ctx, name, doc)
 			}
@@ -187,7 +187,7 @@ func (c *Client) session(ctx context.Context, sds secretservice.SecretDiscoveryS
 				errs = append(errs, fmt.Sprintf("%s: %v", name, err))
 			}
 		}
-		next := &discovery.DiscoveryRequest{Node: node, TypeUrl: SecretType, ResourceNames: names, ResponseNonce: resp.GetNonce()}
+		next := &discovery.DiscoveryRequest{Node: node, TypeUrl: wire.SecretType, ResourceNames: names, ResponseNonce: resp.GetNonce()}
 		if len(errs) > 0 {
 			next.VersionInfo = acked
 			next.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: strings.Join(errs, "; ")}
@@ -282,7 +282,7 @@ func (c *Client) credentials() ([]grpc.DialOption, error) {
 type bearer []byte
 
 func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+	return map[string]string{wire.AuthorizationKey: wire.Bearer(string(b))}, nil
 }
 
 func (bearer) RequireTransportSecurity() bool { return true }
@@ -300,29 +300,4 @@ func streamErr(st grpc.ClientStream, err error) error {
 		}
 	}
 	return err
-}
-
-// SecretType is the SDS type URL keysets travel as.
-const SecretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-
-// ResourcePrefix starts every keyset resource name.
-const ResourcePrefix = "keyshift/"
-
-// ResourceName is the xDS resource name of keyset name.
-func ResourceName(name string) string { return ResourcePrefix + name }
-
-// Decode extracts the keyset name and document from an SDS resource.
-func Decode(a *anypb.Any) (name string, doc []byte, err error) {
-	var sec tlsv3.Secret
-	if err := a.UnmarshalTo(&sec); err != nil {
-		return "", nil, fmt.Errorf("xds: resource is not a Secret: %w", err)
-	}
-	if !strings.HasPrefix(sec.GetName(), ResourcePrefix) {
-		return "", nil, fmt.Errorf("xds: resource %q is not a keyshift keyset", sec.GetName())
-	}
-	b := sec.GetGenericSecret().GetSecret().GetInlineBytes()
-	if len(b) == 0 {
-		return "", nil, fmt.Errorf("xds: resource %q carries no inline bytes", sec.GetName())
-	}
-	return strings.TrimPrefix(sec.GetName(), ResourcePrefix), b, nil
 }

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // Subscribe opens a raw SDS stream on conn, with token as its bearer
@@ -21,7 +21,7 @@ import (
 // here: Recv returns the server's status.
 func Subscribe(ctx context.Context, conn *grpc.ClientConn, token, node string, names ...string) (secretservice.SecretDiscoveryService_StreamSecretsClient, error) {
 	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		ctx = metadata.AppendToOutgoingContext(ctx, wire.AuthorizationKey, wire.Bearer(token))
 	}
 	st, err := secretservice.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
 	if err != nil {
@@ -29,9 +29,9 @@ func Subscribe(ctx context.Context, conn *grpc.ClientConn, token, node string, n
 	}
 	res := make([]string, len(names))
 	for i, n := range names {
-		res[i] = xdsclient.ResourceName(n)
+		res[i] = wire.ResourceName(n)
 	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: xdsclient.SecretType, ResourceNames: res}); err != nil && !errors.Is(err, io.EOF) {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: wire.SecretType, ResourceNames: res}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return st, nil

@@ -16,7 +16,6 @@ import (
 	"github.com/keyshift/keyshift/internal/audit"
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
-	"github.com/keyshift/keyshift/internal/xds"
 )
 
 // Distributor pushes documents to readers and reports what they loaded.
@@ -25,8 +24,26 @@ import (
 // count toward promotion.
 type Distributor interface {
 	Publish(ctx context.Context, scope string, ks *keyset.Keyset) error
-	Status(scope, name string, version uint32) xds.AckStatus
+	Status(scope, name string, version uint32) AckStatus
 }
+
+// AckStatus is what the sidecars reading one keyset have acknowledged.
+type AckStatus struct {
+	// Subscribers are the node IDs with an open stream asking for the keyset.
+	Subscribers []string
+	// Acked are the subscribers that ACKed the version or a later one.
+	Acked []string
+	// Waiting are subscribers that have not answered for the version yet.
+	Waiting []string
+	// NACKs maps subscribers that refused the version to their reason.
+	NACKs map[string]string
+}
+
+// AllAcked reports whether every subscriber has the version. It is true
+// with no subscribers at all: the streams open at one moment are not the
+// pods that read the keyset (after a leader change few have reconnected),
+// so the engine also checks its expected readers (countReaders).
+func (a AckStatus) AllAcked() bool { return len(a.Waiting) == 0 && len(a.NACKs) == 0 }
 
 // Scoper is optional on a Store whose keysets belong to namespaces: Scope
 // returns the namespace of the keyset stored under key.
@@ -419,7 +436,7 @@ type readerCount struct {
 // countReaders applies the promotion rule: a reader has the version when
 // it ACKed it over xDS, or, having no xDS stream, when the mounted Secret
 // has had long enough (fileOK). A connected reader must ACK.
-func countReaders(expected []string, st xds.AckStatus, fileOK bool) readerCount {
+func countReaders(expected []string, st AckStatus, fileOK bool) readerCount {
 	acked := toSet(st.Acked)
 	subscribed := toSet(st.Subscribers)
 	readers := toSet(expected)

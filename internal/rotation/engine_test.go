@@ -16,7 +16,6 @@ import (
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
-	"github.com/keyshift/keyshift/internal/xds"
 )
 
 // acks is a Distributor whose sidecar answers the test sets directly; the
@@ -33,8 +32,8 @@ func (a *acks) Publish(_ context.Context, _ string, ks *keyset.Keyset) error {
 	return nil
 }
 
-func (a *acks) Status(_, _ string, v uint32) xds.AckStatus {
-	st := xds.AckStatus{Subscribers: a.nodes, NACKs: map[string]string{}}
+func (a *acks) Status(_, _ string, v uint32) AckStatus {
+	st := AckStatus{Subscribers: a.nodes, NACKs: map[string]string{}}
 	for _, n := range a.nodes {
 		switch {
 		case a.acked[n] >= v:

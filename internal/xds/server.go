@@ -40,10 +40,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
-// Server serves keysets to sidecars and tracks what each has acknowledged.
+// Server serves keysets to sidecars and tracks what each has acknowledged:
+// the rotation engine's Distributor.
 type Server struct {
 	cache  cachev3.SnapshotCache
 	xds    serverv3.Server
@@ -63,6 +65,8 @@ type Server struct {
 }
 
 // stream is one sidecar's SDS stream.
+var _ rotation.Distributor = (*Server)(nil)
+
 type stream struct {
 	ident  Identity // zero on an open server
 	scope  string   // the namespace it is served from ("" when open)
@@ -147,34 +151,16 @@ func sameDoc(a, b *keyset.Keyset) bool {
 	return err1 == nil && err2 == nil && string(x) == string(y)
 }
 
-// AckStatus is what the sidecars reading one keyset have acknowledged.
-type AckStatus struct {
-	// Subscribers are the node IDs with an open stream asking for the keyset.
-	Subscribers []string
-	// Acked are the subscribers that ACKed the version or a later one.
-	Acked []string
-	// Waiting are subscribers that have not answered for the version yet.
-	Waiting []string
-	// NACKs maps subscribers that refused the version to their reason.
-	NACKs map[string]string
-}
-
-// AllAcked reports whether every subscriber has the version. It is true
-// with no subscribers at all: the streams open at one moment are not the
-// pods that read the keyset (after a leader change few have reconnected),
-// so the rotation engine also checks its expected readers.
-func (a AckStatus) AllAcked() bool { return len(a.Waiting) == 0 && len(a.NACKs) == 0 }
-
 // Status reports which subscribers of keyset name in scope hold version
 // or later. On a server with Access every subscriber is an authenticated
 // pod of that namespace allowed to read the keyset.
-func (s *Server) Status(scope, name string, version uint32) AckStatus {
+func (s *Server) Status(scope, name string, version uint32) rotation.AckStatus {
 	if s.access == nil {
 		scope = ""
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := AckStatus{NACKs: map[string]string{}}
+	st := rotation.AckStatus{NACKs: map[string]string{}}
 	for _, str := range s.streams {
 		if str.scope != scope || str.node == "" || !str.names[wire.ResourceName(name)] {
 			continue

@@ -26,7 +26,6 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/selfcert/selfcerttest"
-	"github.com/keyshift/keyshift/internal/xds"
 )
 
 const auditKey = "shop/keyset-payments"
@@ -247,8 +246,8 @@ func TestSecretChainContinuesAcrossLeaders(t *testing.T) {
 type stuckDist struct{}
 
 func (stuckDist) Publish(context.Context, string, *keyset.Keyset) error { return nil }
-func (stuckDist) Status(string, string, uint32) xds.AckStatus {
-	return xds.AckStatus{Subscribers: []string{"shop/pod-a"}, Waiting: []string{"shop/pod-a"}}
+func (stuckDist) Status(string, string, uint32) rotation.AckStatus {
+	return rotation.AckStatus{Subscribers: []string{"shop/pod-a"}, Waiting: []string{"shop/pod-a"}}
 }
 
 // A Put at a stale resourceVersion, or one the API server refuses because

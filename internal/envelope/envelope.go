@@ -261,6 +261,11 @@ func (h Header) AppendBinary(b []byte) ([]byte, error) {
 	return append(b, h.Nonce[:]...), nil
 }
 
+// headerNonce is the nonce within an encoded header: its last field in
+// every format. Seal and Open take it from the bytes rather than from a
+// Header, which would escape to the heap through the AEAD interface.
+func headerNonce(header []byte) []byte { return header[len(header)-NonceSize:] }
+
 // Parse reads the header of ciphertext without decrypting. It checks every
 // length against the limits and never allocates more than the input size.
 // It returns the header and the offset where the AEAD output starts.
@@ -356,7 +361,7 @@ func seal(k *Key, format byte, plaintext []byte, context map[string]string, rand
 	if err != nil {
 		return nil, err
 	}
-	return aead.Seal(out, out[hlen-NonceSize:hlen], plaintext, ad), nil
+	return aead.Seal(out, headerNonce(out), plaintext, ad), nil
 }
 
 // Open decrypts ciphertext with k. The ciphertext's keyset and version must
@@ -384,7 +389,7 @@ func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	pt, err := aead.Open(nil, ciphertext[off-NonceSize:off], ciphertext[off:], ad)
+	pt, err := aead.Open(nil, headerNonce(ciphertext[:off]), ciphertext[off:], ad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: authentication tag mismatch", ErrDecrypt)
 	}

@@ -402,7 +402,8 @@ func mustSealLike(t *testing.T, k *Key, h Header, pt []byte) []byte {
 }
 
 // TestHeaderRoundTrip: AppendBinary and Parse are exact inverses, and
-// AppendBinary refuses what Parse would refuse.
+// AppendBinary refuses what Parse would refuse. The sizes derived from the
+// layout elsewhere (headerNonce, MinCiphertextLen) agree with it.
 func TestHeaderRoundTrip(t *testing.T) {
 	var seed [SeedSize]byte
 	var commitment [CommitmentSize]byte
@@ -432,6 +433,13 @@ func TestHeaderRoundTrip(t *testing.T) {
 		if diff := cmp.Diff(h, got); diff != "" || off != len(enc) {
 			t.Fatalf("format %d: Parse(AppendBinary(h)) at offset %d of %d (-want +got):\n%s", h.Format, off, len(enc), diff)
 		}
+		if !bytes.Equal(headerNonce(enc), h.Nonce[:]) {
+			t.Fatalf("format %d: headerNonce = %x, want %x", h.Format, headerNonce(enc), h.Nonce)
+		}
+	}
+	// The smallest header of any format, plus the tag.
+	if want := min(headerLen(Format1, 1), headerLen(Format2, 1)) + TagSize; MinCiphertextLen != want {
+		t.Errorf("MinCiphertextLen = %d, want %d", MinCiphertextLen, want)
 	}
 	bad := map[string]struct {
 		h    Header

@@ -1,6 +1,7 @@
 // Package kms owns the contract between keyshift and a key management
-// service: the small interfaces a backend implements, the URI that selects a
-// backend, and the sorted error kinds every backend reports.
+// service: the small interface a backend implements and the optional ones
+// it may add (DataKeyGenerator, KEKStatus, Rewrapper), the URI that selects
+// a backend, and the sorted error kinds every backend reports.
 //
 // The KEK (key-encryption key) never leaves the KMS. keyshift only asks the
 // KMS to wrap and unwrap data keys (DEKs); the keyset document stores the
@@ -48,6 +49,13 @@ type DataKeyGenerator interface {
 // primary version, so a poller can notice a KEK rotation.
 type KEKStatus interface {
 	PrimaryKEKVersion(ctx context.Context) (string, error)
+}
+
+// Rewrapper is implemented by backends that re-encrypt a wrapped key under
+// the current KEK version inside the KMS (AWS ReEncrypt, Vault rewrap), so
+// the data key never leaves it. Callers fall back to Unwrap and Wrap.
+type Rewrapper interface {
+	Rewrap(ctx context.Context, wrapped WrappedKey, aad []byte) (WrappedKey, error)
 }
 
 // Sorted error kinds. Every backend wraps one of these with %w so callers,

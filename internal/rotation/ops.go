@@ -138,13 +138,6 @@ func AddVersion(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, now time.
 	return next, nil
 }
 
-// Rewrapper is implemented by backends that re-encrypt a wrapped key under
-// the current KEK version inside the KMS (AWS ReEncrypt, Vault rewrap), so
-// the data key never leaves it.
-type Rewrapper interface {
-	Rewrap(ctx context.Context, wrapped kms.WrappedKey, aad []byte) (kms.WrappedKey, error)
-}
-
 // Rewrap re-wraps every readable version not wrapped by currentKEK, and
 // verifies each through its canary. It returns ks itself when nothing
 // needed rewrapping, and the versions it rewrapped.
@@ -159,7 +152,7 @@ func Rewrap(ctx context.Context, w kms.Wrapper, ks *keyset.Keyset, currentKEK st
 		old := kms.WrappedKey{Ciphertext: v.WrappedKey, KEKVersion: v.KEKVersion}
 		var wk kms.WrappedKey
 		var err error
-		if r, ok := w.(Rewrapper); ok {
+		if r, ok := w.(kms.Rewrapper); ok {
 			wk, err = r.Rewrap(ctx, old, aad)
 		} else {
 			var dek []byte

@@ -145,6 +145,7 @@ var (
 	_ kms.Wrapper          = (*Client)(nil)
 	_ kms.DataKeyGenerator = (*Client)(nil)
 	_ kms.KEKStatus        = (*Client)(nil)
+	_ kms.Rewrapper        = (*Client)(nil)
 	_ slog.LogValuer       = (*Client)(nil)
 	_ fmt.Stringer         = (*Client)(nil)
 	_ kms.OpenFunc         = Open

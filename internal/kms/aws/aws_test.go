@@ -30,12 +30,6 @@ import (
 // part (throttling, KMS internal errors, key material IDs, on-demand
 // rotation), a localkms.Proxy in front of it answers on the same wire.
 
-// rewrapper mirrors rotation.Rewrapper, which the controller uses to rewrap
-// inside the KMS; internal/kms must not import internal/rotation.
-var _ interface {
-	Rewrap(ctx context.Context, wrapped kms.WrappedKey, aad []byte) (kms.WrappedKey, error)
-} = (*Client)(nil)
-
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	t.Cleanup(cancel)

@@ -1,7 +1,9 @@
 // Package kms owns the contract between keyshift and a key management
 // service: the small interface a backend implements and the optional ones
 // it may add (DataKeyGenerator, KEKStatus, Rewrapper), the URI that selects
-// a backend, and the sorted error kinds every backend reports.
+// a backend, the sorted error kinds every backend reports, and the one call
+// path (Options, Do) by which every remote backend times out, retries and
+// logs its requests.
 //
 // The KEK (key-encryption key) never leaves the KMS. keyshift only asks the
 // KMS to wrap and unwrap data keys (DEKs); the keyset document stores the

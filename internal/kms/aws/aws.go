@@ -89,6 +89,7 @@
 package aws
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -109,9 +110,6 @@ import (
 
 // Scheme is the URI scheme this backend serves.
 const Scheme = "aws-kms"
-
-// DefaultTimeout bounds one KMS request when WithTimeout is not given.
-const DefaultTimeout = 10 * time.Second
 
 // Encryption-context keys; see the package documentation and EncryptionContext.
 const (
@@ -161,15 +159,9 @@ type Options struct {
 	// ?region=. A key or alias ARN's region always wins. Default: the SDK's
 	// (AWS_REGION, AWS_DEFAULT_REGION, shared config).
 	Region string
-	// Timeout bounds each KMS request. The caller's context bounds a call as
-	// a whole, retries included. Default DefaultTimeout.
-	Timeout time.Duration
-	// Retry is the retry policy for throttled and unavailable calls.
-	// Default DefaultRetryPolicy.
-	Retry RetryPolicy
-	// Logger receives key references, operations, attempts, durations, AWS
-	// error codes and request IDs, never key material. Default: discard.
-	Logger *slog.Logger
+	// Options are the timeout, retry policy and logger every backend
+	// shares. The logger also receives AWS request IDs.
+	kms.Options
 }
 
 // Option sets one field of Options.
@@ -188,25 +180,18 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout =
 func WithRetry(p RetryPolicy) Option { return func(o *Options) { o.Retry = p } }
 
 // WithLogger sets Options.Logger; nil keeps the current one.
-func WithLogger(l *slog.Logger) Option {
-	return func(o *Options) {
-		if l != nil {
-			o.Logger = l
-		}
-	}
-}
+func WithLogger(l *slog.Logger) Option { return func(o *Options) { o.Logger = cmp.Or(l, o.Logger) } }
 
 // WithOptions replaces all options at once.
 func WithOptions(opts Options) Option { return func(o *Options) { *o = opts } }
 
 // Client wraps keys with one KMS key or alias. It is safe for concurrent use.
 type Client struct {
-	api     *awskms.Client
-	ref     keyRef
-	region  string
-	timeout time.Duration
-	retry   RetryPolicy
-	log     *slog.Logger
+	api    *awskms.Client
+	ref    keyRef
+	region string
+	caller kms.Caller // runs every KMS request
+	log    *slog.Logger
 	// learned is the home of the key the URI resolves to, learned from KMS
 	// answers when the reference itself does not say (alias/NAME, key ID).
 	learned atomic.Pointer[home]
@@ -252,19 +237,11 @@ func newClient(ctx context.Context, t uriTarget, opts []Option) (*Client, error)
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.Timeout == 0 {
-		o.Timeout = DefaultTimeout
+	base, err := o.Options.WithDefaults(Scheme)
+	if err != nil {
+		return nil, err
 	}
-	o.Retry = o.Retry.OrDefault()
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	switch {
-	case o.Timeout < 0:
-		return nil, fmt.Errorf("aws-kms: timeout %v must be positive: %w", o.Timeout, kms.ErrBadURI)
-	case !o.Retry.Valid():
-		return nil, fmt.Errorf("aws-kms: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", kms.ErrBadURI)
-	case o.Region != "" && !regionPattern.MatchString(o.Region):
+	if o.Region != "" && !regionPattern.MatchString(o.Region) {
 		return nil, fmt.Errorf("aws-kms: region %q is not a region such as us-east-1: %w", o.Region, kms.ErrBadURI)
 	}
 	if o.Endpoint != "" {
@@ -300,13 +277,13 @@ func newClient(ctx context.Context, t uriTarget, opts []Option) (*Client, error)
 			ko.BaseEndpoint = aws.String(o.Endpoint)
 		}
 	})
+	base.Logger = base.Logger.With(slog.String("kms", Scheme), slog.String("key", t.ref.id), slog.String("region", cfg.Region))
 	c := &Client{
-		api:     api,
-		ref:     t.ref,
-		region:  cfg.Region,
-		timeout: o.Timeout,
-		retry:   o.Retry,
-		log:     o.Logger.With(slog.String("kms", Scheme), slog.String("key", t.ref.id), slog.String("region", cfg.Region)),
+		api:    api,
+		ref:    t.ref,
+		region: cfg.Region,
+		caller: kms.Caller{Backend: Scheme, Options: base},
+		log:    base.Logger,
 	}
 	return c, nil
 }

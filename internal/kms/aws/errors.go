@@ -65,6 +65,9 @@ func (e *Error) Error() string {
 // Unwrap exposes the kind and the cause.
 func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
+// Parts lets kms.Do say what a timeout or the caller's context did.
+func (e *Error) Parts() (detail *string, kind, cause *error) { return &e.Detail, &e.Kind, &e.Err }
+
 // codeKind sorts AWS error codes. KMS codes come first; the credential codes
 // are STS's and the signer's, which surface when the default credential
 // chain (IRSA, instance role) is refused.

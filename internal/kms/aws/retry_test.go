@@ -3,7 +3,6 @@ package aws
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"syscall"
 	"testing"
@@ -75,7 +74,7 @@ func TestCallRetries(t *testing.T) {
 			var events []RetryEvent
 			p := policy
 			p.OnRetry = func(e RetryEvent) { events = append(events, e) }
-			c := &Client{ref: keyRef{id: "alias/app"}, timeout: time.Second, retry: p, log: slog.New(slog.DiscardHandler)}
+			c := &Client{ref: keyRef{id: "alias/app"}, caller: kms.Caller{Backend: Scheme, Options: kms.Options{Timeout: time.Second, Retry: p}}}
 			var starts []time.Time
 			fn := func(ctx context.Context) error {
 				if _, ok := ctx.Deadline(); !ok {
@@ -119,8 +118,8 @@ func TestCallRetries(t *testing.T) {
 
 func TestCallStopsWhenCallerGivesUp(t *testing.T) {
 	throttled := sdkError(opEncrypt, 400, "", &smithy.GenericAPIError{Code: "ThrottlingException"})
-	c := &Client{ref: keyRef{id: "alias/app"}, timeout: time.Second,
-		retry: RetryPolicy{MaxAttempts: 100, BaseDelay: time.Hour, MaxDelay: time.Hour}, log: slog.New(slog.DiscardHandler)}
+	c := &Client{ref: keyRef{id: "alias/app"}, caller: kms.Caller{Backend: Scheme, Options: kms.Options{Timeout: time.Second,
+		Retry: RetryPolicy{MaxAttempts: 100, BaseDelay: time.Hour, MaxDelay: time.Hour}}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	attempts := 0

@@ -55,6 +55,9 @@ func (e *Error) Error() string {
 // Unwrap exposes the kind and the cause.
 func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
+// Parts lets kms.Do say what a timeout or the caller's context did.
+func (e *Error) Parts() (detail *string, kind, cause *error) { return &e.Detail, &e.Kind, &e.Err }
+
 const maxDetail = 300
 
 // classify sorts an error from the Cloud KMS client into an *Error. An

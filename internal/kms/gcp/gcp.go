@@ -72,6 +72,7 @@
 package gcp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -94,9 +95,6 @@ import (
 
 // Scheme is the URI scheme this backend serves.
 const Scheme = "gcp-kms"
-
-// DefaultTimeout bounds one Cloud KMS request when WithTimeout is not given.
-const DefaultTimeout = 10 * time.Second
 
 // Size limits that Cloud KMS enforces (64 KiB for plaintext and aad of
 // software keys; HSM keys allow less), checked here first so an oversized
@@ -143,15 +141,8 @@ type Options struct {
 	// Insecure dials Endpoint over plaintext gRPC with no credentials. For
 	// test servers on loopback only: it sends data keys unencrypted.
 	Insecure bool
-	// Timeout bounds each Cloud KMS request. The caller's context bounds a
-	// call as a whole, retries included. Default DefaultTimeout.
-	Timeout time.Duration
-	// Retry is the retry policy for throttled and unavailable calls.
-	// Default DefaultRetryPolicy.
-	Retry RetryPolicy
-	// Logger receives key names, versions, operations, attempts, sizes,
-	// durations and gRPC codes, never key material. Default: discard.
-	Logger *slog.Logger
+	// Options are the timeout, retry policy and logger every backend shares.
+	kms.Options
 	// ClientOptions are passed to the Cloud KMS client library after
 	// keyshift's own (for example option.WithCredentialsFile). They are
 	// ignored with Insecure.
@@ -174,13 +165,7 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout =
 func WithRetry(p RetryPolicy) Option { return func(o *Options) { o.Retry = p } }
 
 // WithLogger sets Options.Logger; nil keeps the current one.
-func WithLogger(l *slog.Logger) Option {
-	return func(o *Options) {
-		if l != nil {
-			o.Logger = l
-		}
-	}
-}
+func WithLogger(l *slog.Logger) Option { return func(o *Options) { o.Logger = cmp.Or(l, o.Logger) } }
 
 // WithClientOptions appends to Options.ClientOptions.
 func WithClientOptions(opts ...option.ClientOption) Option {
@@ -190,11 +175,10 @@ func WithClientOptions(opts ...option.ClientOption) Option {
 // Client wraps keys with one Cloud KMS CryptoKey. It is safe for concurrent
 // use. Close it when done.
 type Client struct {
-	kc      *kmsapi.KeyManagementClient
-	key     string
-	timeout time.Duration
-	retry   RetryPolicy
-	log     *slog.Logger
+	kc     *kmsapi.KeyManagementClient
+	key    string
+	caller kms.Caller // runs every Cloud KMS request
+	log    *slog.Logger
 }
 
 // Open is the kms.OpenFunc for gcp-kms URIs, with Application Default
@@ -233,19 +217,11 @@ func New(ctx context.Context, keyName string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.Timeout == 0 {
-		o.Timeout = DefaultTimeout
+	base, err := o.Options.WithDefaults(Scheme)
+	if err != nil {
+		return nil, err
 	}
-	o.Retry = o.Retry.OrDefault()
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	switch {
-	case o.Timeout < 0:
-		return nil, fmt.Errorf("gcp-kms: timeout %v must be positive: %w", o.Timeout, kms.ErrBadURI)
-	case !o.Retry.Valid():
-		return nil, fmt.Errorf("gcp-kms: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", kms.ErrBadURI)
-	case o.Insecure && o.Endpoint == "":
+	if o.Insecure && o.Endpoint == "" {
 		return nil, fmt.Errorf("gcp-kms: an insecure transport needs an endpoint (WithEndpoint): %w", kms.ErrBadURI)
 	}
 	if o.Endpoint != "" {
@@ -263,7 +239,7 @@ func New(ctx context.Context, keyName string, opts ...Option) (*Client, error) {
 			// Reconnect quickly after a test server restarts.
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-				MinConnectTimeout: o.Timeout,
+				MinConnectTimeout: base.Timeout,
 			}))
 		if err != nil {
 			return nil, fmt.Errorf("gcp-kms: endpoint %q: %v: %w", o.Endpoint, err, kms.ErrBadURI)
@@ -282,13 +258,8 @@ func New(ctx context.Context, keyName string, opts ...Option) (*Client, error) {
 	}
 	// call is the only retry layer, and it sets its own timeouts.
 	kc.CallOptions = &kmsapi.KeyManagementCallOptions{}
-	return &Client{
-		kc:      kc,
-		key:     keyName,
-		timeout: o.Timeout,
-		retry:   o.Retry,
-		log:     o.Logger.With(slog.String("kms", Scheme), slog.String("key", keyName)),
-	}, nil
+	base.Logger = base.Logger.With(slog.String("kms", Scheme), slog.String("key", keyName))
+	return &Client{kc: kc, key: keyName, caller: kms.Caller{Backend: Scheme, Options: base}, log: base.Logger}, nil
 }
 
 // Close releases the client's connections.

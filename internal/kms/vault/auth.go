@@ -121,7 +121,7 @@ func (a *authState) lookup(ctx context.Context, tok string) *vaultapi.Secret {
 		return secret
 	}
 	lc.SetToken(tok)
-	lctx, cancel := context.WithTimeout(ctx, a.c.timeout)
+	lctx, cancel := context.WithTimeout(ctx, a.c.caller.Timeout)
 	defer cancel()
 	s, err := lc.Auth().Token().LookupSelfWithContext(lctx)
 	if err != nil || s == nil {
@@ -148,7 +148,7 @@ func (a *authState) kubernetesLogin(ctx context.Context) (*vaultapi.Secret, erro
 		return nil, &Error{Op: "login", Path: path, Detail: "clone client", Kind: kms.ErrUnavailable, Err: err}
 	}
 	lc.ClearToken()
-	lctx, cancel := context.WithTimeout(ctx, a.c.timeout)
+	lctx, cancel := context.WithTimeout(ctx, a.c.caller.Timeout)
 	defer cancel()
 	s, err := lc.Logical().WriteWithContext(lctx, path, map[string]any{
 		"role": a.k8s.Role,
@@ -218,7 +218,7 @@ func (a *authState) watch(_ context.Context, secret *vaultapi.Secret, gen uint64
 				if !a.canRelogin() {
 					return
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), a.c.timeout)
+				ctx, cancel := context.WithTimeout(context.Background(), a.c.caller.Timeout)
 				_, lerr := a.ensure(ctx)
 				cancel()
 				if lerr != nil {

@@ -45,6 +45,9 @@ func (e *Error) Error() string {
 // Unwrap exposes the kind and the cause.
 func (e *Error) Unwrap() []error { return kms.UnwrapCallError(e.Kind, e.Err) }
 
+// Parts lets kms.Do say what a timeout or the caller's context did.
+func (e *Error) Parts() (detail *string, kind, cause *error) { return &e.Detail, &e.Kind, &e.Err }
+
 // Vault error texts that sort a 4xx answer. Vault has no error codes, so
 // this is the one place that reads its messages.
 var (

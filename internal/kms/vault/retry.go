@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 
@@ -19,10 +18,6 @@ type (
 	RetryEvent  = kms.RetryEvent
 )
 
-// DefaultRetryPolicy makes up to 5 attempts, waiting about 100ms, 200ms,
-// 400ms and 800ms (capped at 5s) between them.
-func DefaultRetryPolicy() RetryPolicy { return kms.DefaultRetryPolicy() }
-
 // notSent retries only failures after which the request surely did not take
 // effect (throttled, sealed or standby, connection refused), for calls that
 // must not run twice.
@@ -31,67 +26,45 @@ func notSent(e *Error) bool {
 		(e.StatusCode == 0 && strings.Contains(e.Detail, "connection refused"))
 }
 
-// call runs one Vault request with authentication, a per-attempt timeout,
-// error sorting, one re-login on 403 and retries with backoff on the
-// failures retryable accepts (nil: throttled and unavailable).
+// call runs one Vault request through kms.Do, logging in first when the
+// client holds no valid token, and once more when Vault answers 403 (an
+// expired or revoked token answers so too) and the credentials can give a
+// new token. It retries the failures retryable accepts (nil: throttled and
+// unavailable); a failed login sent no request, so it is retried whenever it
+// is throttled or unavailable.
 func (c *Client) call(ctx context.Context, op, path string, retryable func(*Error) bool, fn func(ctx context.Context) (*vaultapi.Secret, error)) (*vaultapi.Secret, error) {
 	if retryable == nil {
 		retryable = func(e *Error) bool { return kms.Retryable(e) }
 	}
+	var gen uint64 // the token generation the attempt used
 	relogged := false
-	for attempt := 1; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return nil, &Error{Op: op, Path: path, Detail: "caller gave up", Kind: kms.ErrUnavailable, Err: err}
-		}
-		start := time.Now()
-		gen, err := c.auth.ensure(ctx)
-		var s *vaultapi.Secret
-		if err == nil {
-			actx, cancel := context.WithTimeout(ctx, c.timeout)
-			s, err = fn(actx)
-			cancel()
-			if err != nil {
-				err = classify(op, path, err)
+	return kms.Do(ctx, c.caller, kms.Call[*Error]{
+		Op: op,
+		Classify: func(err error) *Error {
+			if e := (*Error)(nil); errors.As(err, &e) { // from the login
+				return e
 			}
-		}
-		if err == nil {
-			c.log.Debug("vault-transit: call done", slog.String("op", op), slog.Int("attempt", attempt), slog.Duration("took", time.Since(start)))
-			return s, nil
-		}
-		var e *Error
-		if !errors.As(err, &e) {
-			e = classify(op, path, err)
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			e.Err = cerr
-			return nil, e
-		}
-		if isPermissionDenied(e) && e.Op != "login" && !relogged && c.auth.canRelogin() {
-			// An expired or revoked token also answers 403: log in again once.
+			return classify(op, path, err)
+		},
+		Retryable: func(e *Error) bool { return retryable(e) || (e.Op == "login" && kms.Retryable(e)) },
+		Prepare: func(ctx context.Context) (err error) {
+			gen, err = c.auth.ensure(ctx)
+			return err
+		},
+		Again: func(e *Error) bool {
+			if relogged || e.Op == "login" || !isPermissionDenied(e) || !c.auth.canRelogin() {
+				return false
+			}
 			relogged = true
 			c.auth.invalidate(gen)
 			c.log.Info("vault-transit: permission denied, authenticating again", slog.String("op", op))
-			attempt--
-			continue
-		}
-		if !(retryable(e) || (e.Op == "login" && kms.Retryable(e))) || attempt >= c.retry.MaxAttempts {
-			c.log.Debug("vault-transit: call failed", slog.String("op", e.Op), slog.Int("attempt", attempt),
-				slog.Int("status", e.StatusCode), slog.String("reason", kms.Reason(e)))
-			return nil, e
-		}
-		d := c.retry.Delay(attempt)
-		if c.retry.OnRetry != nil {
-			c.retry.OnRetry(RetryEvent{Op: op, Attempt: attempt, Delay: d, Err: e})
-		}
-		c.log.Debug("vault-transit: retrying", slog.String("op", e.Op), slog.Int("attempt", attempt),
-			slog.Int("status", e.StatusCode), slog.String("reason", kms.Reason(e)), slog.Duration("backoff", d))
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			e.Err = ctx.Err()
-			return nil, e
-		case <-t.C:
-		}
-	}
+			return true
+		},
+		Attrs: func(e *Error) []slog.Attr {
+			if e.Op != op {
+				return []slog.Attr{slog.String("step", e.Op), slog.Int("status", e.StatusCode)}
+			}
+			return []slog.Attr{slog.Int("status", e.StatusCode)}
+		},
+	}, fn)
 }

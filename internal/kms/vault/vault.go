@@ -58,6 +58,7 @@
 package vault
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,9 +81,6 @@ const Scheme = "vault-transit"
 
 // DefaultMount is the Transit mount used when a URI or New names none.
 const DefaultMount = "transit"
-
-// DefaultTimeout bounds one HTTP attempt when WithTimeout is not given.
-const DefaultTimeout = 10 * time.Second
 
 // DefaultServiceAccountTokenFile is where Kubernetes mounts a pod's
 // service-account token.
@@ -139,10 +137,8 @@ type config struct {
 	token     string
 	tokenFile string
 	k8s       *KubernetesAuth
-	timeout   time.Duration
-	retry     RetryPolicy
-	log       *slog.Logger
 	binding   Binding
+	kms.Options
 }
 
 // WithAddress sets the Vault address (default VAULT_ADDR, else https://127.0.0.1:8200).
@@ -209,39 +205,36 @@ func WithKubernetesAuth(a KubernetesAuth) Option {
 	}
 }
 
-// WithTimeout bounds each HTTP attempt (default DefaultTimeout). The caller's
-// context bounds the call as a whole, retries included.
+// WithTimeout bounds each HTTP attempt (default kms.DefaultTimeout). The
+// caller's context bounds the call as a whole, retries included. Unlike a
+// zero kms.Options field, an explicit zero is refused.
 func WithTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
 			return fmt.Errorf("vault-transit: timeout %v must be positive: %w", d, kms.ErrBadURI)
 		}
-		c.timeout = d
+		c.Timeout = d
 		return nil
 	}
 }
 
 // WithRetry sets the retry policy for throttled and unavailable calls
-// (default DefaultRetryPolicy).
+// (default kms.DefaultRetryPolicy). Unlike a zero kms.Options field, a
+// policy without attempts is refused.
 func WithRetry(p RetryPolicy) Option {
 	return func(c *config) error {
-		if p.MaxAttempts < 1 || p.BaseDelay < 0 || p.MaxDelay < p.BaseDelay {
+		if !p.Valid() {
 			return fmt.Errorf("vault-transit: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", kms.ErrBadURI)
 		}
-		c.retry = p
+		c.Retry = p
 		return nil
 	}
 }
 
-// WithLogger sets the logger (default: discard). It receives key names,
-// versions, durations and error kinds, never secrets.
+// WithLogger sets the logger (default: discard); nil keeps the current one.
+// It receives key names, versions, durations and error kinds, never secrets.
 func WithLogger(l *slog.Logger) Option {
-	return func(c *config) error {
-		if l != nil {
-			c.log = l
-		}
-		return nil
-	}
+	return func(c *config) error { c.Logger = cmp.Or(l, c.Logger); return nil }
 }
 
 // WithBinding chooses how aad is bound (default BindAuto).
@@ -262,13 +255,12 @@ func WithBinding(b Binding) Option {
 // Client wraps keys with one Transit key. It is safe for concurrent use.
 // Close stops token renewal.
 type Client struct {
-	api     *vaultapi.Client
-	mount   string
-	key     string
-	timeout time.Duration
-	retry   RetryPolicy
-	log     *slog.Logger
-	auth    *authState
+	api    *vaultapi.Client
+	mount  string
+	key    string
+	caller kms.Caller // runs every Vault request
+	log    *slog.Logger
+	auth   *authState
 
 	bindMu  sync.Mutex
 	binding Binding // BindContext or BindAssociatedData once resolved
@@ -297,17 +289,15 @@ func New(key string, opts ...Option) (*Client, error) {
 	if !namePattern.MatchString(key) {
 		return nil, fmt.Errorf("vault-transit: key name %q must match %s: %w", key, namePattern, kms.ErrBadURI)
 	}
-	cfg := config{
-		mount:   DefaultMount,
-		timeout: DefaultTimeout,
-		retry:   DefaultRetryPolicy(),
-		log:     slog.New(slog.DiscardHandler),
-		binding: BindAuto,
-	}
+	cfg := config{mount: DefaultMount, binding: BindAuto}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
 			return nil, err
 		}
+	}
+	base, err := cfg.Options.WithDefaults(Scheme)
+	if err != nil {
+		return nil, err
 	}
 	n := 0
 	for _, set := range []bool{cfg.token != "", cfg.tokenFile != "", cfg.k8s != nil} {
@@ -326,7 +316,7 @@ func New(key string, opts ...Option) (*Client, error) {
 	if cfg.address != "" {
 		vc.Address = cfg.address
 	}
-	vc.MaxRetries = 0 // this package retries, with its own policy and error sorting
+	vc.MaxRetries = 0 // kms.Do retries, with its own policy and error sorting
 	vc.Timeout = 0    // each attempt gets its own context deadline
 	api, err := vaultapi.NewClient(vc)
 	if err != nil {
@@ -336,13 +326,13 @@ func New(key string, opts ...Option) (*Client, error) {
 	if cfg.namespace != "" {
 		api.SetNamespace(cfg.namespace)
 	}
+	base.Logger = base.Logger.With(slog.String("kms", Scheme), slog.String("mount", cfg.mount), slog.String("key", key))
 	c := &Client{
-		api:     api,
-		mount:   cfg.mount,
-		key:     key,
-		timeout: cfg.timeout,
-		retry:   cfg.retry,
-		log:     cfg.log.With(slog.String("kms", Scheme), slog.String("mount", cfg.mount), slog.String("key", key)),
+		api:    api,
+		mount:  cfg.mount,
+		key:    key,
+		caller: kms.Caller{Backend: Scheme, Options: base},
+		log:    base.Logger,
 	}
 	if cfg.binding != BindAuto {
 		c.binding = cfg.binding

@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/keyshift/keyshift/internal/podspec"
 	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
@@ -32,9 +33,9 @@ const (
 	// SocketVolume is the name of the shared in-memory socket volume.
 	SocketVolume = "keyshift-socket"
 	// SocketFile is the socket's file name inside the socket directory.
-	SocketFile = "keyshift.sock"
+	SocketFile = podspec.SocketFile
 	// DefaultSocketDir is where the socket directory is mounted by default.
-	DefaultSocketDir = "/var/run/keyshift"
+	DefaultSocketDir = podspec.SocketDir
 	// KeysetsDir is where the sidecar finds keyset NAME, at
 	// KeysetsDir/NAME/keyset.json (the Secret's volume, mounted whole so
 	// the kubelet's ..data symlink swap reaches the sidecar's watch).
@@ -63,7 +64,7 @@ const (
 	// expires, so the sidecar redials with the renewed one.
 	XDSTokenSeconds = 3600
 	// DefaultOpsPort is the sidecar's /livez, /readyz and /metrics port.
-	DefaultOpsPort = 9495
+	DefaultOpsPort = podspec.OpsPort
 	// DefaultExtAuthzPort is the ext_authz port when the annotation is
 	// "true".
 	DefaultExtAuthzPort = 9191

@@ -17,7 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/keyshift/keyshift/injector/annotation"
-	"github.com/keyshift/keyshift/sidecar/client"
+	"github.com/keyshift/keyshift/internal/podspec"
 )
 
 // defaultContainerAnnotation is kubectl's: which container `kubectl logs`
@@ -84,10 +84,10 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	// write permission on the socket file, which a read-only bind mount
 	// does not remove, while the app cannot delete or replace the socket.
 	appMount := corev1.VolumeMount{Name: SocketVolume, MountPath: pc.SocketDir, ReadOnly: true}
-	appEnv := corev1.EnvVar{Name: client.EnvSocket, Value: socket}
+	appEnv := corev1.EnvVar{Name: podspec.SocketEnv, Value: socket}
 	for _, c := range targets(out, native) {
 		c.VolumeMounts = append(c.VolumeMounts, appMount)
-		if !hasEnv(c, client.EnvSocket) {
+		if !hasEnv(c, podspec.SocketEnv) {
 			c.Env = append(c.Env, appEnv)
 		}
 	}
@@ -222,8 +222,8 @@ func Warnings(pod *corev1.Pod, cfg Config) []string {
 	socket := path.Join(pc.SocketDir, SocketFile)
 	for _, c := range targets(pod.DeepCopy(), cfg.Mode == ModeNative) {
 		for _, e := range c.Env {
-			if e.Name == client.EnvSocket && (e.Value != socket || e.ValueFrom != nil) {
-				out = append(out, fmt.Sprintf("container %s sets %s itself, not to %s; it was left as written", c.Name, client.EnvSocket, socket))
+			if e.Name == podspec.SocketEnv && (e.Value != socket || e.ValueFrom != nil) {
+				out = append(out, fmt.Sprintf("container %s sets %s itself, not to %s; it was left as written", c.Name, podspec.SocketEnv, socket))
 			}
 		}
 	}
@@ -331,7 +331,7 @@ func sidecarContainer(pc *PodConfig, cfg Config, socket string, uids UIDList, mo
 			"--ext-authz-allowed-uids="+pc.ExtAuthzUIDs.Flag())
 		mounts = append(mounts, corev1.VolumeMount{Name: ExtAuthzPolicyVolume, MountPath: ExtAuthzPolicyDir, ReadOnly: true})
 	}
-	env := []corev1.EnvVar{{Name: client.EnvSocket, Value: socket}}
+	env := []corev1.EnvVar{{Name: podspec.SocketEnv, Value: socket}}
 	if cfg.XDSAddr != "" {
 		// The controller pushes keyset versions over xDS and waits for this
 		// sidecar's ACK, named namespace/pod, before promoting them.

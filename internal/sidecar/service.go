@@ -133,7 +133,7 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 }
 
 func (s *Service) decrypt(ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
-	set, k, err := s.keyFor(ciphertext)
+	set, k, _, err := s.keyFor(ciphertext)
 	if err != nil {
 		return cryptoapi.Opened{}, err
 	}
@@ -149,20 +149,20 @@ func (s *Service) decrypt(ciphertext []byte, c map[string]string) (cryptoapi.Ope
 
 // keyFor finds the loaded key the ciphertext's header names, revoked ones
 // included, and the keyset it belongs to, from one keyring snapshot.
-func (s *Service) keyFor(ciphertext []byte) (*ringSet, *envelope.Key, error) {
+func (s *Service) keyFor(ciphertext []byte) (*ringSet, *envelope.Key, envelope.Header, error) {
 	h, _, err := envelope.Parse(ciphertext)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, h, err
 	}
 	set, err := s.lookup(h.Keyset)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, h, err
 	}
 	k, ok := set.keys[h.Version]
 	if !ok {
-		return nil, nil, unknownVersion(h.Keyset, h.Version)
+		return nil, nil, h, unknownVersion(h.Keyset, h.Version)
 	}
-	return set, k, nil
+	return set, k, h, nil
 }
 
 // Rewrap re-seals ciphertext under its keyset's primary version without
@@ -179,7 +179,7 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 }
 
 func (s *Service) rewrap(ciphertext []byte, c map[string]string) (cryptoapi.Sealed, error) {
-	set, k, err := s.keyFor(ciphertext)
+	set, k, h, err := s.keyFor(ciphertext)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
@@ -191,7 +191,7 @@ func (s *Service) rewrap(ciphertext []byte, c map[string]string) (cryptoapi.Seal
 	// Under the primary and in the format Seal writes: nothing to do. A
 	// Format1 ciphertext (not key-committing) is resealed even under the
 	// primary, so Rewrap moves old data to Format2.
-	if set.primary.Version() == k.Version() && ciphertext[0] == envelope.SealFormat {
+	if set.primary.Version() == k.Version() && h.Format == envelope.SealFormat {
 		return cryptoapi.Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
 	}
 	ct, err := envelope.Seal(set.primary, pt, c, s.rand)

@@ -27,15 +27,19 @@ const (
 	maxUsageReasons = 16
 )
 
-// usageOps are the operations a record may name; anything else is "other".
-var usageOps = map[string]bool{"encrypt": true, "decrypt": true, "rewrap": true}
+// usageOps and usageReasons are the names a record may use (the wire
+// contract in usagev1); anything else is counted as "other".
+var (
+	usageOps     = setOf(usagev1.Ops)
+	usageReasons = setOf(usagev1.Reasons)
+)
 
-// usageReasons are the failure reasons the sidecar reports; anything else
-// is counted as "other", so metric labels stay a fixed set.
-var usageReasons = map[string]bool{
-	"auth_failed": true, "malformed": true, "unsupported_format": true, "bad_context": true, "too_large": true,
-	"unknown_keyset": true, "unknown_version": true, "revoked": true, "not_ready": true, "keyset_required": true,
-	"batch_too_large": true, "permission_denied": true, "bad_mac": true, "canceled": true, "internal": true,
+func setOf(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
 }
 
 // SetUsage makes the Server accept usage reports for sink, on the same

@@ -19,12 +19,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/keyshift/keyshift/internal/podspec"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
 // EnvSocket names the environment variable the injector sets in every app
 // container: the sidecar's socket path.
-const EnvSocket = "KEYSHIFT_SOCKET"
+const EnvSocket = podspec.SocketEnv
 
 // Client calls one sidecar. It is safe for concurrent use.
 type Client struct {

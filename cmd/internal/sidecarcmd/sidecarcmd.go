@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
+	"github.com/keyshift/keyshift/internal/podspec"
 	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/internal/sidecar/extauthz"
 	"github.com/keyshift/keyshift/internal/xds/wire"
@@ -66,10 +67,10 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	xdsServer := fs.String("xds-server-name", "", "DNS name the controller's xDS certificate must carry, e.g. keyshift-controller.keyshift-system.svc")
 	xdsToken := fs.String("xds-token-file", "", "the pod's projected ServiceAccount token for the controller (audience keyshift.io/xds)")
 	xdsInsecure := fs.Bool("xds-insecure", false, "no TLS and no token: only for a controller on loopback or a Unix socket")
-	socket := fs.String("socket", clikit.EnvOr("KEYSHIFT_SOCKET", "/var/run/keyshift/keyshift.sock"), "Unix socket to serve the API on")
+	socket := fs.String("socket", clikit.EnvOr(podspec.SocketEnv, podspec.Socket), "Unix socket to serve the API on")
 	mode := fs.String("socket-mode", "0660", "socket file mode (octal)")
 	uids := fs.String("allowed-uids", "self", "peer UIDs allowed to call: self, any, or a list like 1000,1001")
-	metrics := fs.String("metrics-addr", "127.0.0.1:9495", "address for /livez, /readyz and /metrics (empty disables)")
+	metrics := fs.String("metrics-addr", fmt.Sprintf("127.0.0.1:%d", podspec.OpsPort), "address for /livez, /readyz and /metrics (empty disables)")
 	resync := fs.Duration("resync", time.Minute, "reread keyset files this often even without a file event")
 	kmsTimeout := fs.Duration("kms-timeout", 10*time.Second, "timeout of each KMS call")
 	kmsPoll := fs.Duration("kms-poll", 5*time.Minute, "ask the KMS for the KEK's primary version this often; reread the keyset when it changes (0 disables)")

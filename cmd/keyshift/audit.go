@@ -2,36 +2,24 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyshift/keyshift/internal/audit"
-	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 )
 
-// DefaultAuditKeySecret is the Secret, in the controller's namespace,
-// that keeps the audit key.
-const DefaultAuditKeySecret = "keyshift-audit-key"
-
-// auditKeyFileName is where, outside a cluster, the audit key is kept by
-// default: beside the --audit-log file (not among the keysets, which may
-// live in git).
-const auditKeyFileName = "audit.key"
-
-// controllerAuditFlags are the controller's audit trail flags.
+// controllerAuditFlags are the controller's audit trail flags, for
+// controller.Config.
 type controllerAuditFlags struct {
 	log, kms, keySecret, keyFile string
 }
@@ -40,83 +28,9 @@ func addAuditFlags(fs *flag.FlagSet) *controllerAuditFlags {
 	f := &controllerAuditFlags{}
 	fs.StringVar(&f.log, "audit-log", "/var/lib/keyshift/audit.jsonl", "a local copy of every audit record this replica stores (JSON lines; empty: none). The reference trail is in each keyset's Secret, and each record is logged whole (audit_record)")
 	fs.StringVar(&f.kms, "audit-kms", "", "KMS URI of a key only the controller's identity may use: the audit key is kept wrapped under it. Empty: the audit key is kept unwrapped (in --audit-key-secret, or --audit-key-file outside a cluster)")
-	fs.StringVar(&f.keySecret, "audit-key-secret", DefaultAuditKeySecret, "Secret in the controller's namespace keeping the audit key (created on first start)")
-	fs.StringVar(&f.keyFile, "audit-key-file", "", "with --keyset-dir: the file keeping the audit key (default: "+auditKeyFileName+" beside --audit-log)")
+	fs.StringVar(&f.keySecret, "audit-key-secret", controller.DefaultAuditKeySecret, "Secret in the controller's namespace keeping the audit key (created on first start)")
+	fs.StringVar(&f.keyFile, "audit-key-file", "", "with --keyset-dir: the file keeping the audit key (default: "+controller.AuditKeyFileName+" beside --audit-log)")
 	return f
-}
-
-// setup loads (or on first start creates) the audit key and opens the
-// --audit-log copy. client is nil outside a cluster.
-func (f *controllerAuditFlags) setup(ctx context.Context, client kubernetes.Interface, reg kms.Registry, policy *rotation.KMSPolicy, log *slog.Logger) (*audit.Key, *audit.Log, error) {
-	var h audit.KeyHolder
-	if client == nil {
-		path := f.keyFile
-		if path == "" {
-			if f.log == "" {
-				return nil, nil, errors.New("with --keyset-dir and no --audit-log, give --audit-key-file: where to keep the audit key")
-			}
-			path = filepath.Join(filepath.Dir(f.log), auditKeyFileName)
-		}
-		h = audit.KeyFile{Path: path}
-	} else {
-		if f.keyFile != "" {
-			return nil, nil, errors.New("--audit-key-file is for --keyset-dir; in a cluster the audit key is kept in --audit-key-secret")
-		}
-		h = kube.AuditKeySecret{Client: client, Namespace: envOr("POD_NAMESPACE", "keyshift-system"), Name: f.keySecret}
-	}
-	if f.kms == "" {
-		log.Warn("no --audit-kms: the audit key is kept unwrapped, so whoever can read "+h.String()+" can forge audit records; give the controller a KMS key of its own with --audit-kms", "audit_key", h.String())
-	} else if policy != nil {
-		policy.Reserved = append(policy.Reserved, f.kms)
-		for ns, prefixes := range policy.Allow {
-			for _, p := range prefixes {
-				if strings.HasPrefix(f.kms, p) {
-					log.Warn("--audit-kms is a KMS key that keysets may name (--allow-kms "+ns+"="+p+"): the audit key should be under a key no pod's KMS role may use; keysets naming that exact key are refused", "namespace", ns)
-				}
-			}
-		}
-	}
-	var key *audit.Key
-	var info audit.KeyInfo
-	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		var err error
-		key, info, err = audit.LoadKey(ctx, h, reg, f.kms)
-		if err == nil {
-			break
-		}
-		if !transient(err) {
-			return nil, nil, err
-		}
-		log.Warn("loading the audit key failed; retrying", "audit_key", h.String(), "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
-	log.Info("audit key loaded", "audit_key", h.String(), "key_id", info.ID, "kms", info.KMS, "created", info.Created)
-	if info.RewrappedFrom != "" {
-		log.Warn("audit key re-wrapped under --audit-kms: the same key, so existing chains verify; if anyone could write "+h.String()+" before, delete it instead to start new chains", "key_id", info.ID, "from", info.RewrappedFrom, "kms", info.KMS)
-	}
-	if f.log == "" {
-		return key, nil, nil
-	}
-	trail, err := audit.OpenKeyed(f.log, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return key, trail, nil
-}
-
-// transient reports whether loading the audit key may work on a retry:
-// not for a bad URI or key, a refusing KMS, or missing RBAC.
-func transient(err error) bool {
-	for _, e := range []error{audit.ErrBadKey, kms.ErrBadURI, kms.ErrUnknownScheme, kms.ErrUserInduced, kms.ErrCorrupt} {
-		if errors.Is(err, e) {
-			return false
-		}
-	}
-	return !apierrors.IsForbidden(err) && !apierrors.IsUnauthorized(err)
 }
 
 // heads are --head KEYSET=SEQ:MAC values.
@@ -146,8 +60,8 @@ func runAudit(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	hs := heads{}
 	fs.Var(hs, "head", "with --file: KEYSET=SEQ:MAC, the head the keyset's records must end at (repeatable)")
 	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig (default: in-cluster config), for --secret and the audit key Secret")
-	keySecret := fs.String("audit-key-secret", "keyshift-system/"+DefaultAuditKeySecret, "the Secret keeping the audit key, NAMESPACE/NAME")
-	keyFile := fs.String("audit-key-file", "", "the file keeping the audit key (a controller's --audit-key-file); default with --file: "+auditKeyFileName+" beside it when there, else --audit-key-secret")
+	keySecret := fs.String("audit-key-secret", "keyshift-system/"+controller.DefaultAuditKeySecret, "the Secret keeping the audit key, NAMESPACE/NAME")
+	keyFile := fs.String("audit-key-file", "", "the file keeping the audit key (a controller's --audit-key-file); default with --file: "+controller.AuditKeyFileName+" beside it when there, else --audit-key-secret")
 	auditKMS := fs.String("audit-kms", "", "require the audit key to be wrapped under this KMS key (the controller's --audit-kms): a key swapped for another is refused")
 	if err := parse(fs, args[1:], stderr); err != nil {
 		return err
@@ -178,13 +92,13 @@ func runAudit(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return c, err
 	}
 	var h audit.KeyHolder
-	switch beside := filepath.Join(filepath.Dir(*file), auditKeyFileName); {
+	switch beside := filepath.Join(filepath.Dir(*file), controller.AuditKeyFileName); {
 	case *keyFile != "":
 		h = audit.KeyFile{Path: *keyFile}
 	case *file != "" && *secret == "" && exists(beside):
 		h = audit.KeyFile{Path: beside}
 	case *dir != "":
-		fmt.Fprintf(stderr, "with --keyset-dir, give --audit-key-file (the controller's; by default %s beside its --audit-log)\n", auditKeyFileName)
+		fmt.Fprintf(stderr, "with --keyset-dir, give --audit-key-file (the controller's; by default %s beside its --audit-log)\n", controller.AuditKeyFileName)
 		return errUsage
 	default:
 		ns, name, ok := strings.Cut(*keySecret, "/")

@@ -348,6 +348,11 @@ func eventReason(action string) string {
 	return strings.Join(parts, "")
 }
 
+// ErrLeadershipLost: this replica held the Lease and lost it before its
+// context ended. The process should exit and restart, as client-go
+// recommends.
+var ErrLeadershipLost = errors.New("kube: leadership lost")
+
 // LeaderConfig configures leader election over a Lease.
 type LeaderConfig struct {
 	Namespace, Name, Identity string
@@ -404,7 +409,7 @@ func RunLeader(ctx context.Context, c kubernetes.Interface, cfg LeaderConfig, lo
 	select {
 	case <-lost:
 		if ctx.Err() == nil {
-			return errors.New("kube: leadership lost")
+			return ErrLeadershipLost
 		}
 	default:
 	}

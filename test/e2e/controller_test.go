@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyshift/keyshift/internal/audit"
+	"github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
@@ -26,48 +26,24 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 )
 
-// replica is one controller process: its own engine, audit trail and
-// leader-election identity, over the shared API server.
+// replica is one controller process, as `keyshift controller` assembles
+// it (internal/controller): its own engine, audit trail and
+// leader-election identity, over the shared API server and audit key.
 type replica struct {
-	id     string
-	trail  string
-	cancel context.CancelFunc
-	done   chan error
+	id    string
+	trail string
+	stop  func() // ends the replica and waits for it to step down
 }
 
 func startReplica(t *testing.T, client kubernetes.Interface, id, dir string) *replica {
 	t.Helper()
-	r := &replica{id: id, trail: filepath.Join(dir, id+".audit.jsonl"), done: make(chan error, 1)}
-	log := slog.New(slog.DiscardHandler)
-	trail, err := audit.Open(r.trail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := &kube.SecretStore{Client: client, Namespace: "payments"}
-	ev, stopEvents := store.Events(log)
-	eng := &rotation.Engine{Store: store, KMS: kms.Registry{local.Scheme: local.Open}, Audit: trail, AuditKey: e2eAuditKey(t),
-		Log: log, Actor: "controller/" + id, Event: ev, Status: store.SetStatus}
+	r := &replica{id: id, trail: filepath.Join(dir, id+".audit.jsonl")}
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go func() {
-		err := kube.RunLeader(ctx, client, kube.LeaderConfig{Namespace: "keyshift-system", Name: "keyshift-controller", Identity: id, LeaseDuration: 3 * time.Second}, log,
-			func(ctx context.Context) { eng.Run(ctx, 200*time.Millisecond, nil) })
-		stopEvents()
-		trail.Close()
-		r.done <- err
-	}()
-	t.Cleanup(func() { cancel(); <-r.done })
+	c := startController(t, ctx, controller.Config{Kube: client, Namespace: "payments", LeaderElect: true, LeaseDuration: 3 * time.Second, Identity: id,
+		Interval: 200 * time.Millisecond, AuditLog: r.trail,
+		KMS: kms.Registry{local.Scheme: local.Open}, KMSPolicy: rotation.KMSPolicy{Allow: map[string][]string{"payments": {"local://"}}}})
+	r.stop = func() { cancel(); _ = c.Wait() }
 	return r
-}
-
-// e2eAuditKey is the audit key both replicas share (the controller keeps
-// it in a Secret of its namespace).
-func e2eAuditKey(t *testing.T) *audit.Key {
-	k, err := audit.NewKey(bytes.Repeat([]byte{1}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func (r *replica) records(t *testing.T) []audit.Record {
@@ -105,7 +81,7 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ns := range []string{"keyshift-system", "payments"} {
+	for _, ns := range []string{controller.DefaultNamespace, "payments"} {
 		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -140,9 +116,7 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 	}
 
 	// The leader dies; the other takes the Lease and carries on.
-	first.cancel()
-	<-first.done
-	first.done <- nil // for the cleanup
+	first.stop()
 	deadline := time.Now().Add(15 * time.Second)
 	for len(second.records(t)) < 2 {
 		if time.Now().After(deadline) {
@@ -168,7 +142,7 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e2eAuditKey(t).VerifyStored(st.Keyset, st.Records, st.Head); err != nil {
+	if _, err := controllerAuditKey(t, client).VerifyStored(st.Keyset, st.Records, st.Head); err != nil {
 		t.Fatalf("the Secret's audit trail: %v", err)
 	}
 	for i, v := range got.Versions {
@@ -204,9 +178,7 @@ func TestControllerAgainstRealAPIServer(t *testing.T) {
 	}
 
 	// Compare-and-swap: a write at a stale resourceVersion is refused.
-	second.cancel()
-	<-second.done
-	second.done <- nil
+	second.stop()
 	changed := got.Clone()
 	changed.Policy = nil // a real change: a no-op update keeps the resourceVersion
 	if _, err := store.Put(ctx, "payments/keyset-payments", changed, rev); err != nil {

@@ -5,7 +5,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,17 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/envelope"
 	"github.com/keyshift/keyshift/internal/keyset"
-	"github.com/keyshift/keyshift/internal/keyusage"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
@@ -72,30 +70,15 @@ func TestRevokeUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The controller, assembled as `keyshift controller` does.
+	// The controller, as `keyshift controller` runs it, with a long
+	// interval: the Secret watch must start the revocation.
 	log := slog.New(slog.DiscardHandler)
-	ev, stopEvents := store.Events(log)
-	defer stopEvents()
-	readers := kube.NewPodReaders(kc, "shop")
-	readers.Start(ctx)
+	ctl := startController(t, ctx, controller.Config{Kube: kc, Namespace: "shop", XDSAddr: "127.0.0.1:0",
+		KMS: kms.Registry{local.Scheme: local.Open}, KMSPolicy: rotation.KMSPolicy{Allow: map[string][]string{"shop": {"local://"}}},
+		Interval: time.Minute, DecryptFailureSpike: 5, Identity: "e2e", Logger: log})
 	const serverName = "keyshift-controller.keyshift-system.svc"
-	caPEM, cert := xdstest.TLS(t, serverName)
-	x, addr := xdstest.ServeWith(t, true, (&kube.XDSAccess{Client: kc, Pods: readers}).Access(),
-		[]grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}))})
-	x.SetUsage(&keyusage.Ledger{Log: log, Event: ev, Holders: store, SpikeThreshold: 5})
-	poke := make(chan struct{}, 1)
-	go store.Watch(ctx, time.Second, func() {
-		select {
-		case poke <- struct{}{}:
-		default:
-		}
-	})
-	eng := &rotation.Engine{Store: store, KMS: kms.Registry{local.Scheme: local.Open}, Dist: x, Readers: readers.Readers, Log: log, Actor: "controller/e2e",
-		Event: ev, Status: store.SetStatus, AuditKey: e2eAuditKey(t), Poke: poke}
-	if err := eng.PublishAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	go eng.Run(ctx, time.Minute, x.Changed) // a long interval: the Secret watch must start the revocation
+	caPEM := xdsCABundle(t, kc, "shop")
+	addr := ctl.XDSAddr()
 
 	// Two injected pods, each with a real sidecar on TLS and its own token.
 	caFile := filepath.Join(dir, "ca.pem")
@@ -188,18 +171,28 @@ func TestRevokeUnderTraffic(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 
-	// keyshift keyset revoke --secret shop/payments-keys --version 1
-	cur, rev, err := store.Get(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, err := rotation.RequestRevoke(cur, 1, "key file found in a public bucket", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	requested := time.Now()
-	if _, err := store.Put(ctx, key, req, rev); err != nil {
-		t.Fatal(err)
+	// keyshift keyset revoke --secret shop/payments-keys --version 1, run
+	// again on a conflict: the controller rewrites the Secret's holders
+	// annotation while the pods report (both pods are one holder, so its
+	// last pod changes with every report).
+	var requested time.Time
+	for attempt := 0; ; attempt++ {
+		cur, rev, err := store.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := rotation.RequestRevoke(cur, 1, "key file found in a public bucket", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		requested = time.Now()
+		_, err = store.Put(ctx, key, req, rev)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, rotation.ErrConflict) || attempt == 4 {
+			t.Fatal(err)
+		}
 	}
 	var done *keyset.Keyset
 	waitFor(t, 30*time.Second, "the controller to revoke v1", func() bool {
@@ -301,7 +294,7 @@ func TestRevokeUnderTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trail, err := e2eAuditKey(t).VerifyStored(st.Keyset, st.Records, st.Head)
+	trail, err := controllerAuditKey(t, kc).VerifyStored(st.Keyset, st.Records, st.Head)
 	if err != nil {
 		t.Fatal(err)
 	}

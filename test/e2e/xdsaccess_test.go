@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,7 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -19,8 +21,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyshift/keyshift/injector/annotation"
+	"github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/injector"
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
@@ -57,13 +61,9 @@ func makeXDSPod(t *testing.T, client kubernetes.Interface, ns, name, keysets str
 
 func ptrTo[T any](v T) *T { return &v }
 
-// stream opens a raw SDS stream with token ("" for none), asks as node for
-// names, and returns the first response's keyset documents or the error.
-func xdsAsk(addr, token, node string, names ...string) (map[string]*keyset.Keyset, error) {
-	return xdsAskWith(grpc.WithTransportCredentials(insecure.NewCredentials()), addr, token, node, names...)
-}
-
-// xdsAskWith is xdsAsk over the given transport credentials.
+// xdsAskWith opens a raw SDS stream over creds with token ("" for none),
+// asks as node for names, and returns the first response's keyset
+// documents or the error.
 func xdsAskWith(creds grpc.DialOption, addr, token, node string, names ...string) (map[string]*keyset.Keyset, error) {
 	conn, err := grpc.NewClient(addr, creds)
 	if err != nil {
@@ -121,13 +121,10 @@ func TestXDSAccessAgainstRealAPIServer(t *testing.T) {
 	podX := makeXDSPod(t, client, "other", "pod-x", "payments", kube.DefaultXDSAudience)
 	apiTok := makeXDSPod(t, client, "shop", "pod-api", "payments", "https://kubernetes.default.svc")
 
-	readers := kube.NewPodReaders(client, "")
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	readers.Start(rctx)
-	access := (&kube.XDSAccess{Client: client, Pods: readers}).Access()
-	x, addr := xdstest.ServeWith(t, true, access, nil)
+	// Keyset "payments" in both namespaces, and the controller, as
+	// `keyshift controller` runs it, managing every namespace.
 	docs := map[string]*keyset.Keyset{}
+	store := &kube.SecretStore{Client: client}
 	for _, ns := range []string{"shop", "other"} {
 		kek := filepath.Join(t.TempDir(), "kek.json")
 		ks, err := rotation.Create(ctx, local.New(kek), "payments", "local://"+kek, time.Now())
@@ -135,9 +132,21 @@ func TestXDSAccessAgainstRealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		docs[ns] = ks
-		if err := x.Publish(ctx, ns, ks); err != nil {
+		if err := store.Create(ctx, ns+"/payments", ks); err != nil {
 			t.Fatal(err)
 		}
+	}
+	ctl := startController(t, ctx, controller.Config{Kube: client, XDSAddr: "127.0.0.1:0",
+		KMS: kms.Registry{local.Scheme: local.Open}, KMSPolicy: rotation.KMSPolicy{Allow: map[string][]string{"*": {"local://"}}},
+		Interval: time.Minute, Identity: "e2e"})
+	addr := ctl.XDSAddr()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(xdsCABundle(t, client, "shop")) {
+		t.Fatal("the controller's CA bundle holds no certificate")
+	}
+	verified := grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "keyshift-controller.keyshift-system.svc"}))
+	xdsAsk := func(addr, token, node string, names ...string) (map[string]*keyset.Keyset, error) {
+		return xdsAskWith(verified, addr, token, node, names...)
 	}
 
 	// The legitimate pod is served its own namespace's keyset (the pod
@@ -210,7 +219,7 @@ func TestXDSAccessAgainstRealAPIServer(t *testing.T) {
 	}
 	// None of the refused streams is a subscriber that could hold up a
 	// rotation (the served ones have closed).
-	if st := x.Status("shop", "payments", 1); len(st.Subscribers) != 0 {
+	if st := ctl.XDS().Status("shop", "payments", 1); len(st.Subscribers) != 0 {
 		t.Fatalf("subscribers of shop/payments after every stream closed: %v", st.Subscribers)
 	}
 }

@@ -3,12 +3,12 @@ package sidecar
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	ctl "github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
@@ -17,10 +17,12 @@ import (
 )
 
 // replica is one of the controller's replicas as `keyshift controller`
-// assembles it under leader election: its own xDS server, inactive until
-// the replica leads, and its own engine over the store the replicas share
-// (the Secrets), which expects ACKs from the pods that use the keyset.
+// assembles it under leader election (internal/controller): its own xDS
+// server, inactive until the replica leads, and its own engine over the
+// store the replicas share (the Secrets), which expects ACKs from the pods
+// that use the keyset. The test plays the Lease: it says who leads.
 type replica struct {
+	*ctl.Controller
 	addr string
 	x    *xds.Server
 	eng  *rotation.Engine
@@ -28,23 +30,28 @@ type replica struct {
 
 func startReplica(t *testing.T, dir string, pods []string) *replica {
 	t.Helper()
-	x, addr := xdstest.Serve(t, false)
-	eng := &rotation.Engine{
-		Store: &rotation.FileStore{Dir: filepath.Join(dir, "keysets")}, KMS: kms.Registry{local.Scheme: local.Open},
-		Dist: x, Log: slog.New(slog.DiscardHandler), Actor: "test",
-		Readers: func(context.Context, string) ([]string, error) { return pods, nil },
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := ctl.Start(ctx, ctl.Config{KeysetDir: filepath.Join(dir, "keysets"), AuditKeyFile: filepath.Join(dir, "audit.key"),
+		XDSAddr: "127.0.0.1:0", XDSAuth: ctl.XDSAuthNone, KMS: kms.Registry{local.Scheme: local.Open}, Identity: "test", Manual: true})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
 	}
-	return &replica{addr: addr, x: x, eng: eng}
+	t.Cleanup(func() { cancel(); _ = c.Wait() })
+	// In a cluster the pod cache says which pods use the keyset; a keyset
+	// directory has none, so the test names them. Set before any pass:
+	// a Manual controller runs none of its own.
+	c.Engine().Readers = func(context.Context, string) ([]string, error) { return pods, nil }
+	return &replica{Controller: c, addr: c.XDSAddr(), x: c.XDS(), eng: c.Engine()}
 }
 
 // lead is what a replica does on winning the Lease: publish every keyset,
 // then serve.
 func (r *replica) lead(t *testing.T) {
 	t.Helper()
-	if err := r.eng.PublishAll(context.Background()); err != nil {
+	if err := r.Lead(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	r.x.SetActive(true)
 }
 
 // promoteOnce reconciles on r until it promotes, checking at that moment
@@ -124,7 +131,7 @@ func TestXDSLeaderChangeMidRotation(t *testing.T) {
 	// a steps down before promoting; while the label moves, the Service
 	// has no endpoint. b takes over.
 	svc.SetBackends()
-	a.x.SetActive(false)
+	a.StepDown()
 	b.lead(t)
 	out, err := b.eng.Reconcile(ctx, "payments")
 	if err != nil || out.Action != "waiting" || out.Reason != "0 of 2 pods have v2; waiting for ns/pod-a, ns/pod-b; no xDS stream from ns/pod-a, ns/pod-b" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
+	ctl "github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
@@ -23,15 +21,15 @@ import (
 	"github.com/keyshift/keyshift/internal/xds"
 )
 
-// controller is a real xDS server on loopback gRPC plus the rotation engine
-// over a file store, as `keyshift controller` runs them.
+// controller is `keyshift controller` on a keyset directory as the binary
+// assembles it (internal/controller), serving xDS on loopback gRPC. It is
+// Manual: the tests step the rotation engine themselves.
 type controller struct {
 	addr  string
 	xds   *xds.Server
 	eng   *rotation.Engine
-	g     *grpc.Server
-	store *rotation.FileStore
-	dir   string
+	store rotation.Store
+	stop  func() // the controller goes away: its streams end, its port closes
 }
 
 func startController(tb testing.TB, dir, addr string) *controller {
@@ -39,22 +37,20 @@ func startController(tb testing.TB, dir, addr string) *controller {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	l, err := net.Listen("tcp", addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := ctl.Start(ctx, ctl.Config{KeysetDir: filepath.Join(dir, "keysets"), AuditKeyFile: filepath.Join(dir, "audit.key"),
+		XDSAddr: addr, XDSAuth: ctl.XDSAuthNone, KMS: kms.Registry{local.Scheme: local.Open}, Identity: "test", Manual: true})
 	if err != nil {
+		cancel()
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	x := xds.NewServer(ctx, slog.New(slog.DiscardHandler), nil)
-	g := grpc.NewServer()
-	x.Register(g)
-	go func() { _ = g.Serve(l) }()
-	c := &controller{addr: l.Addr().String(), xds: x, g: g, dir: dir, store: &rotation.FileStore{Dir: filepath.Join(dir, "keysets")}}
-	c.eng = &rotation.Engine{Store: c.store, KMS: kms.Registry{local.Scheme: local.Open}, Dist: x, Log: slog.New(slog.DiscardHandler), Actor: "test"}
-	tb.Cleanup(func() { g.Stop(); cancel() })
-	return c
+	stop := func() { cancel(); _ = c.Wait() }
+	tb.Cleanup(stop)
+	if err := c.Lead(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return &controller{addr: c.XDSAddr(), xds: c.XDS(), eng: c.Engine(), store: c.Engine().Store, stop: stop}
 }
-
-func (c *controller) stop() { c.g.Stop() }
 
 // newXDSKeyset creates keyset "payments" in dir/keysets with a local KEK.
 func newXDSKeyset(tb testing.TB) string {
@@ -215,7 +211,6 @@ func TestXDSPromotionWaitsForEveryACK(t *testing.T) {
 		t.Fatalf("encrypt with the controller down: %v", err)
 	}
 	c2 := startController(t, dir, c.addr)
-	c2.eng.MinPendingAge = 0
 	if _, err := c2.eng.Reconcile(ctx, "payments"); err != nil {
 		t.Fatal(err)
 	}

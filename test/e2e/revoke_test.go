@@ -29,7 +29,6 @@ import (
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
 	"github.com/keyshift/keyshift/internal/sidecar"
-	"github.com/keyshift/keyshift/internal/xds/xdstest"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 

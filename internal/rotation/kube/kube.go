@@ -11,10 +11,14 @@ package kube
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -211,7 +215,29 @@ func (s *SecretStore) Get(ctx context.Context, key string) (*keyset.Keyset, stri
 		return nil, "", fmt.Errorf("kube: Secret %s holds keyset %q, already held by the older Secret %s; keyset names must be unique in a namespace: rename or delete one", key, ks.Name, owner)
 	}
 	s.refs[label] = &corev1.ObjectReference{Kind: "Secret", APIVersion: "v1", Namespace: ns, Name: name, UID: sec.UID, ResourceVersion: sec.ResourceVersion}
-	return ks, sec.ResourceVersion, nil
+	return ks, revision(sec), nil
+}
+
+// revision is a Secret's revision as the store hands it out: its
+// resourceVersion and a digest of its data. A write at a revision succeeds
+// while the data is still what was read, even if the resourceVersion moved
+// because only metadata changed meanwhile (the holders annotation, which
+// the controller rewrites as usage reports arrive, or the status
+// annotation); any change to the document or the audit trail conflicts.
+func revision(sec *corev1.Secret) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(sec.Data)) {
+		fmt.Fprintf(h, "%d:%s%d:", len(k), k, len(sec.Data[k]))
+		h.Write(sec.Data[k])
+	}
+	return sec.ResourceVersion + "/" + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// sameData reports whether sec's data is still the data rev was read at.
+func sameData(sec *corev1.Secret, rev string) bool {
+	_, digest, ok := strings.Cut(rev, "/")
+	_, now, _ := strings.Cut(revision(sec), "/")
+	return ok && digest == now
 }
 
 // Put updates the Secret if it is still at rev. Its audit trail is left
@@ -245,8 +271,8 @@ func (s *SecretStore) update(ctx context.Context, key, rev string, change func(*
 	if err != nil {
 		return "", fmt.Errorf("kube: get Secret %s: %w", key, err)
 	}
-	if rev != anyRevision && sec.ResourceVersion != rev {
-		return "", fmt.Errorf("%w: Secret %s is at %s, read at %s", rotation.ErrConflict, key, sec.ResourceVersion, rev)
+	if rev != anyRevision && revision(sec) != rev && !sameData(sec, rev) {
+		return "", fmt.Errorf("%w: Secret %s is at %s, read at %s", rotation.ErrConflict, key, revision(sec), rev)
 	}
 	if sec.Data == nil {
 		sec.Data = map[string][]byte{}
@@ -261,7 +287,7 @@ func (s *SecretStore) update(ctx context.Context, key, rev string, change func(*
 	if err != nil {
 		return "", fmt.Errorf("kube: update Secret %s: %w", key, err)
 	}
-	return out.ResourceVersion, nil
+	return revision(out), nil
 }
 
 // StatusAnnotation holds the controller's latest outcome for the keyset,

@@ -19,6 +19,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/xds"
 )
 
@@ -155,5 +156,52 @@ func TestCAPublisher(t *testing.T) {
 	}
 	if err := p.SetBundle(ctx, []byte("ca-1\nca-2")); err != nil || get("shop") != "ca-1\nca-2" || get("new") != "ca-1\nca-2" {
 		t.Fatalf("a renewed bundle: shop %q, new %q, %v", get("shop"), get("new"), err)
+	}
+}
+
+// A write at a revision succeeds when only the Secret's metadata moved
+// since the read (the holders annotation, rewritten as usage reports
+// arrive), and conflicts when its data did. Before, any change conflicted,
+// so `keyshift keyset revoke` failed under traffic whenever a usage report
+// landed between its read and its write.
+func TestPutIgnoresMetadataOnlyChanges(t *testing.T) {
+	ctx := context.Background()
+	sec := keysetSecret(t, "shop", "keyset-payments", "payments", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := fake.NewClientset(sec)
+	s := &SecretStore{Client: c}
+	if _, err := s.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bump := func(change func(*corev1.Secret)) {
+		t.Helper()
+		cur, err := c.CoreV1().Secrets("shop").Get(ctx, "keyset-payments", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(cur)
+		cur.ResourceVersion += "+"
+		if _, err := c.CoreV1().Secrets("shop").Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ks, rev, err := s.Get(ctx, "shop/keyset-payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bump(func(sec *corev1.Secret) { sec.Annotations = map[string]string{HoldersAnnotation: `{}`} })
+	next, err := ks.AddPending([]byte("w2"), "1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err = s.Put(ctx, "shop/keyset-payments", next, rev)
+	if err != nil {
+		t.Fatalf("Put after an annotation-only change = %v, want it stored", err)
+	}
+	if got, _, _ := s.Get(ctx, "shop/keyset-payments"); got.Latest() != 2 {
+		t.Fatalf("stored latest = %d, want 2", got.Latest())
+	}
+	bump(func(sec *corev1.Secret) { sec.Data["other"] = []byte("x") })
+	if _, err := s.Put(ctx, "shop/keyset-payments", next, rev); !errors.Is(err, rotation.ErrConflict) {
+		t.Fatalf("Put after a data change = %v, want ErrConflict", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/keyshift/keyshift/internal/keyusage"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
+	"github.com/keyshift/keyshift/internal/socket"
 	"github.com/keyshift/keyshift/internal/xds"
 )
 
@@ -208,7 +209,7 @@ func Start(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			c.xds.SetActive(false)
 		}
 		if g != nil {
-			stopGRPC(g, shutdownGrace)
+			socket.StopGRPC(g, shutdownGrace)
 		}
 		if ms != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -322,16 +323,5 @@ func (c *Controller) Lead(ctx context.Context) error {
 func (c *Controller) StepDown() {
 	if c.xds != nil {
 		c.xds.SetActive(false)
-	}
-}
-
-// stopGRPC lets in-flight calls finish for up to grace, then cuts the rest.
-func stopGRPC(gs *grpc.Server, grace time.Duration) {
-	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(grace):
-		gs.Stop()
 	}
 }

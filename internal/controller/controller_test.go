@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -19,11 +18,10 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
-	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
+	"github.com/keyshift/keyshift/internal/rotation/rotationtest"
 )
 
 // keysetDir is a keyset directory holding keyset "orders" under a local
@@ -31,18 +29,7 @@ import (
 func keysetDir(t *testing.T) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	ksDir := filepath.Join(dir, "keysets")
-	if err := os.Mkdir(ksDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	kek := filepath.Join(dir, "kek.json")
-	ks, err := rotation.Create(context.Background(), local.New(kek), "orders", "local://"+kek, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := keyset.WriteFile(filepath.Join(ksDir, "orders.json"), ks); err != nil {
-		t.Fatal(err)
-	}
+	ksDir, _ := rotationtest.NewStoreDir(t, dir, "orders")
 	return ksDir, dir
 }
 

@@ -13,7 +13,7 @@ import (
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
-	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/rotation/rotationtest"
 	"github.com/keyshift/keyshift/internal/sidecar"
 )
 
@@ -23,19 +23,10 @@ import (
 // promotes it; the sidecar encrypts with v2; the audit log verifies.
 func TestRotatesAndPushesToSidecar(t *testing.T) {
 	dir := t.TempDir()
-	ksDir := filepath.Join(dir, "keysets")
-	if err := os.Mkdir(ksDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	kek := filepath.Join(dir, "kek.json")
-	ks, err := rotation.Create(context.Background(), local.New(kek), "orders", "local://"+kek, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ksDir, files := rotationtest.NewStoreDir(t, dir, "orders")
+	ks := files.Read("orders")
 	ks.Policy = &keyset.Policy{RotationPeriod: keyset.Duration(time.Second), Retention: keyset.Duration(time.Hour)}
-	if err := keyset.WriteFile(filepath.Join(ksDir, "orders.json"), ks); err != nil {
-		t.Fatal(err)
-	}
+	files.Write("orders", ks)
 	reg := kms.Registry{local.Scheme: local.Open}
 	trail := filepath.Join(dir, "audit.jsonl")
 	ctx, cancel := context.WithCancel(context.Background())

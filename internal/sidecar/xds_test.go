@@ -14,10 +14,10 @@ import (
 	"time"
 
 	ctl "github.com/keyshift/keyshift/internal/controller"
-	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
+	"github.com/keyshift/keyshift/internal/rotation/rotationtest"
 	"github.com/keyshift/keyshift/internal/xds"
 )
 
@@ -59,15 +59,7 @@ func newXDSKeyset(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	os.Mkdir(filepath.Join(dir, "keysets"), 0o755)
-	kek := filepath.Join(dir, "kek.json")
-	ks, err := rotation.Create(context.Background(), local.New(kek), "payments", "local://"+kek, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := keyset.WriteFile(filepath.Join(dir, "keysets", "payments.json"), ks); err != nil {
-		tb.Fatal(err)
-	}
+	rotationtest.NewStoreDir(tb, dir, "payments")
 	return dir
 }
 

@@ -6,6 +6,7 @@ package rotationtest
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -30,7 +31,25 @@ type Files struct {
 // in dir.
 func NewFiles(tb testing.TB, dir string, names ...string) *Files {
 	tb.Helper()
-	f := &Files{tb: tb, KEKPath: filepath.Join(dir, "kek.json"), Paths: map[string]string{}}
+	return newFiles(tb, dir, filepath.Join(dir, "kek.json"), names)
+}
+
+// NewStoreDir makes root/keysets, a keyset directory as the controller's
+// --keyset-dir reads it (nothing else in it), with NAME.json for each
+// name under a new local KEK at root/kek.json. It returns the keyset
+// directory and the files.
+func NewStoreDir(tb testing.TB, root string, names ...string) (string, *Files) {
+	tb.Helper()
+	dir := filepath.Join(root, "keysets")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	return dir, newFiles(tb, dir, filepath.Join(root, "kek.json"), names)
+}
+
+func newFiles(tb testing.TB, dir, kekPath string, names []string) *Files {
+	tb.Helper()
+	f := &Files{tb: tb, KEKPath: kekPath, Paths: map[string]string{}}
 	f.KMS = local.New(f.KEKPath)
 	for _, name := range names {
 		ks, err := rotation.Create(context.Background(), f.KMS, name, "local://"+f.KEKPath, time.Now())

@@ -1,8 +1,10 @@
 package kms
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 )
 
@@ -44,4 +46,12 @@ func (o Options) WithDefaults(backend string) (Options, error) {
 		return Options{}, fmt.Errorf("%s: retry policy needs MaxAttempts >= 1 and 0 <= BaseDelay <= MaxDelay: %w", backend, ErrBadURI)
 	}
 	return o, nil
+}
+
+// Opener makes a backend's OpenFunc: open parses the URI and builds a
+// client with opts, which start with the logger's option (withLogger(log))
+// and go on with extra, so every backend applies them in the same order.
+func Opener[O any](open func(ctx context.Context, u *url.URL, opts []O) (Wrapper, error), withLogger func(*slog.Logger) O, log *slog.Logger, extra []O) OpenFunc {
+	opts := append([]O{withLogger(log)}, extra...)
+	return func(ctx context.Context, u *url.URL) (Wrapper, error) { return open(ctx, u, opts) }
 }

@@ -218,18 +218,19 @@ func Open(ctx context.Context, u *url.URL) (kms.Wrapper, error) {
 // Opener returns a kms.OpenFunc for aws-kms URIs whose clients log to log,
 // with opts applied after the defaults.
 func Opener(log *slog.Logger, opts ...Option) kms.OpenFunc {
-	return func(ctx context.Context, u *url.URL) (kms.Wrapper, error) {
-		t, err := parseURL(u)
-		if err != nil {
-			return nil, err
-		}
-		all := append([]Option{WithLogger(log)}, opts...)
-		c, err := newClient(ctx, t, all)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+	return kms.Opener(openURL, WithLogger, log, opts)
+}
+
+func openURL(ctx context.Context, u *url.URL, opts []Option) (kms.Wrapper, error) {
+	t, err := parseURL(u)
+	if err != nil {
+		return nil, err
 	}
+	c, err := newClient(ctx, t, opts)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func newClient(ctx context.Context, t uriTarget, opts []Option) (*Client, error) {

@@ -190,17 +190,19 @@ func Open(ctx context.Context, u *url.URL) (kms.Wrapper, error) {
 // Opener returns a kms.OpenFunc for gcp-kms URIs whose clients log to log,
 // with opts applied after the defaults.
 func Opener(log *slog.Logger, opts ...Option) kms.OpenFunc {
-	return func(ctx context.Context, u *url.URL) (kms.Wrapper, error) {
-		key, err := ParseURI(u)
-		if err != nil {
-			return nil, err
-		}
-		c, err := New(ctx, key, append([]Option{WithLogger(log)}, opts...)...)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+	return kms.Opener(openURL, WithLogger, log, opts)
+}
+
+func openURL(ctx context.Context, u *url.URL, opts []Option) (kms.Wrapper, error) {
+	key, err := ParseURI(u)
+	if err != nil {
+		return nil, err
 	}
+	c, err := New(ctx, key, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // New returns a client for the CryptoKey keyName

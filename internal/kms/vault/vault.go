@@ -363,15 +363,19 @@ func Open(ctx context.Context, u *url.URL) (kms.Wrapper, error) {
 // Opener returns a kms.OpenFunc for vault-transit URIs whose clients log to
 // log, with extra options applied after those from the URI and environment.
 func Opener(log *slog.Logger, extra ...Option) kms.OpenFunc {
-	return func(_ context.Context, u *url.URL) (kms.Wrapper, error) {
-		key, opts, err := parseURI(u, os.Getenv)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, WithLogger(log))
-		opts = append(opts, extra...)
-		return New(key, opts...)
+	return kms.Opener(openURL, WithLogger, log, extra)
+}
+
+func openURL(_ context.Context, u *url.URL, opts []Option) (kms.Wrapper, error) {
+	key, fromURI, err := parseURI(u, os.Getenv)
+	if err != nil {
+		return nil, err
 	}
+	c, err := New(key, append(fromURI, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // parseURI turns a vault-transit URI and the environment into a key name

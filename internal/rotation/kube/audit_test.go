@@ -262,15 +262,17 @@ func TestSecretConflictStoresNeitherStepNorHead(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Another writer changes the Secret's data (its annotations alone
+		// would not conflict: see TestPutIgnoresMetadataOnlyChanges).
 		other := r.secret()
-		other.Annotations["someone"] = "else"
+		other.Data["someone"] = []byte("else")
 		if late {
 			// The other write lands between PutAudited's read and its Update.
 			once := true
 			r.c.PrependReactor("update", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
 				if once {
 					once = false
-					r.writeBehind(func(sec *corev1.Secret) { sec.Annotations["someone"] = "else" })
+					r.writeBehind(func(sec *corev1.Secret) { sec.Data["someone"] = []byte("else") })
 				}
 				return false, nil, nil
 			})

@@ -223,13 +223,17 @@ func (s *SecretStore) Get(ctx context.Context, key string) (*keyset.Keyset, stri
 // while the data is still what was read, even if the resourceVersion moved
 // because only metadata changed meanwhile (the holders annotation, which
 // the controller rewrites as usage reports arrive, or the status
-// annotation); any change to the document or the audit trail conflicts.
+// annotation); any change to the document, the audit trail or its head
+// conflicts.
 func revision(sec *corev1.Secret) string {
 	h := sha256.New()
 	for _, k := range slices.Sorted(maps.Keys(sec.Data)) {
 		fmt.Fprintf(h, "%d:%s%d:", len(k), k, len(sec.Data[k]))
 		h.Write(sec.Data[k])
 	}
+	// The audit head is an annotation but part of the state a step
+	// continues from.
+	fmt.Fprintf(h, "head:%s", sec.Annotations[AuditHeadAnnotation])
 	return sec.ResourceVersion + "/" + hex.EncodeToString(h.Sum(nil)[:12])
 }
 

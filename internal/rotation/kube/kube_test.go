@@ -204,4 +204,13 @@ func TestPutIgnoresMetadataOnlyChanges(t *testing.T) {
 	if _, err := s.Put(ctx, "shop/keyset-payments", next, rev); !errors.Is(err, rotation.ErrConflict) {
 		t.Fatalf("Put after a data change = %v, want ErrConflict", err)
 	}
+	// The audit head is an annotation, but a step continues from it.
+	_, rev, err = s.Get(ctx, "shop/keyset-payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bump(func(sec *corev1.Secret) { sec.Annotations[AuditHeadAnnotation] = "another head" })
+	if _, err := s.Put(ctx, "shop/keyset-payments", next, rev); !errors.Is(err, rotation.ErrConflict) {
+		t.Fatalf("Put after the audit head moved = %v, want ErrConflict", err)
+	}
 }

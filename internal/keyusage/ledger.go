@@ -26,7 +26,8 @@ import (
 
 // Holder is a caller that encrypted under a version, so may still hold
 // data sealed under it. Callers are told apart by service account and
-// process UID; LastPod is the newest pod seen for them.
+// process UID; LastPod is a pod they were seen in on LastSeen (the holder
+// is stored once a day, not once per pod).
 type Holder struct {
 	ServiceAccount string `json:"serviceAccount"`
 	PeerUID        int64  `json:"peerUid"`
@@ -233,7 +234,9 @@ func counts(m map[string]uint64) string {
 }
 
 // storeHolders merges seen into the stored holders of a keyset, skipping
-// the write when this ledger already stored the same pod on the same day.
+// the write when this ledger already stored that holder on the same day:
+// at most one write per holder, version and day, however many pods share
+// the holder's service account (each of which reports every minute).
 func (l *Ledger) storeHolders(ctx context.Context, ns, name string, seen Holders) {
 	if l.Holders == nil {
 		return
@@ -245,7 +248,7 @@ func (l *Ledger) storeHolders(ctx context.Context, ns, name string, seen Holders
 	}
 	for v, list := range seen {
 		for _, h := range list {
-			if l.known[holderKey(ns, name, v, h)] != h.LastPod+" "+h.LastSeen {
+			if l.known[holderKey(ns, name, v, h)] != h.LastSeen {
 				fresh.Add(v, h)
 			}
 		}
@@ -270,7 +273,7 @@ func (l *Ledger) storeHolders(ctx context.Context, ns, name string, seen Holders
 	l.mu.Lock()
 	for v, list := range fresh {
 		for _, h := range list {
-			l.known[holderKey(ns, name, v, h)] = h.LastPod + " " + h.LastSeen
+			l.known[holderKey(ns, name, v, h)] = h.LastSeen
 		}
 	}
 	l.mu.Unlock()

@@ -102,7 +102,9 @@ func TestDecryptFailureSpike(t *testing.T) {
 }
 
 // Who encrypted under which version is kept durably, one write per new
-// holder or new day, not one per report.
+// holder or new day, not one per report, nor one per pod of the same
+// service account (before, pods taking turns rewrote the Secret on every
+// report).
 func TestHoldersKept(t *testing.T) {
 	l, store, _, now, _, logs := newLedger(t, 0)
 	ctx := context.Background()
@@ -118,10 +120,15 @@ func TestHoldersKept(t *testing.T) {
 	if store.writes != 1 {
 		t.Fatalf("%d writes for one holder, want 1", store.writes)
 	}
-	enc(podB, 1) // the same caller in a new pod: its last pod is updated
+	enc(podB, 1) // the same caller in another pod on the same day
+	enc(podA, 1)
+	if store.writes != 1 {
+		t.Fatalf("%d writes for one holder in two pods on one day, want 1", store.writes)
+	}
 	enc(podA, 2)
 	*now = now.Add(24 * time.Hour)
 	enc(podA, 2)
+	enc(podB, 1) // a new day: the pod seen then is stored
 	if store.writes != 4 {
 		t.Fatalf("%d writes, want 4", store.writes)
 	}

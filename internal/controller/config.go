@@ -12,7 +12,7 @@ import (
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
-	"github.com/keyshift/keyshift/internal/xds/xdsclient"
+	"github.com/keyshift/keyshift/internal/xds/wire"
 )
 
 // XDSAuth is how sidecars authenticate to the xDS server.
@@ -176,7 +176,7 @@ func (c *Config) check() error {
 	if c.XDSAddr != "" {
 		switch c.XDSAuth {
 		case XDSAuthNone:
-			if c.Kube != nil || !xdsclient.Loopback(c.XDSAddr) {
+			if c.Kube != nil || !wire.Loopback(c.XDSAddr) {
 				return errors.New("--xds-auth=none serves every keyset to whoever connects: it is only for --keyset-dir with a loopback --xds-addr such as 127.0.0.1:18000")
 			}
 		case XDSAuthToken:

@@ -9,6 +9,7 @@ package wire
 
 import (
 	"fmt"
+	"net"
 	"strings"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -92,4 +93,22 @@ func Bearer(token string) string { return bearerPrefix + token }
 func ParseBearer(v string) (string, bool) {
 	tok, ok := strings.CutPrefix(v, bearerPrefix)
 	return tok, ok && tok != ""
+}
+
+// Loopback reports whether addr (host:port, or unix://) stays on this
+// host: the only addresses keysets may travel to without TLS and a token,
+// for the controller's listener as for the sidecar's dial.
+func Loopback(addr string) bool {
+	if strings.HasPrefix(addr, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(addr, "dns:///"))
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

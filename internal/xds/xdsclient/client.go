@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -221,7 +220,7 @@ func (c *Client) Report(ctx context.Context, recs []*usagev1.Record) error {
 // clear or unauthenticated over a network.
 func (c *Client) CheckSecurity() error {
 	if c.Insecure {
-		if !Loopback(c.Addr) {
+		if !wire.Loopback(c.Addr) {
 			return fmt.Errorf("xds: refusing an insecure connection to %s: only loopback and unix:// addresses may go without TLS and a token", c.Addr)
 		}
 		return nil
@@ -230,24 +229,6 @@ func (c *Client) CheckSecurity() error {
 		return errors.New("xds: set the controller's CA bundle, its server name and the pod's token file (or insecure, on loopback only)")
 	}
 	return nil
-}
-
-// Loopback reports whether addr (host:port, or unix://) stays on this
-// host: the only addresses keysets may travel to without TLS and a token,
-// for the controller's listener as for the sidecar's dial.
-func Loopback(addr string) bool {
-	if strings.HasPrefix(addr, "unix:") {
-		return true
-	}
-	host, _, err := net.SplitHostPort(strings.TrimPrefix(addr, "dns:///"))
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // credentials are the dial options of one attempt: TLS verifying the

@@ -40,7 +40,7 @@ until [ -S "$W/kt.sock" ]; do sleep 0.01; done
 sleep 0.5
 $KS bench --socket "$W/kt.sock" --clients 16 --mix encrypt=1 --duration 10s --json "$W/full-enc.json" >"$W/full-enc.txt"
 $KS bench --socket "$W/kt.sock" --clients 16 --mix encrypt=1,decrypt=1 --duration 10s --json "$W/full-mix.json" >"$W/full-mix.txt"
-$KS bench --socket "$W/kt.sock" --clients 8 --mix encrypt=1,decrypt=1 --duration 12s --rate 4000 --rotate-file "$W/ks/keyset.json" --rotate-every 3s --baseline=false --json "$W/rot.json" >"$W/rot.txt"
+$KS bench --socket "$W/kt.sock" --clients 8 --mix encrypt=1,decrypt=1 --duration 12s --rate 4000 --rotate-file "$W/ks/keyset.json" --rotate-every 3s --floor=false --json "$W/rot.json" >"$W/rot.txt"
 
 j() { python3 -c "import json,sys; d=json.load(open('$1')); print(eval('d'+sys.argv[1]))" "$2"; }
 echo "| figure | value | command |"

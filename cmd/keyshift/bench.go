@@ -54,7 +54,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	rate := fs.Float64("rate", 0, "cap on total calls per second (0: as fast as possible)")
 	rotateEvery := fs.Duration("rotate-every", 0, "rotate the keyset this often during the run (needs --rotate-file)")
 	rotateFile := fs.String("rotate-file", "", "the keyset file the sidecar follows, rotated two-phase during the run")
-	baseline := fs.Bool("baseline", true, "also run the same load against a bare gRPC echo with AES-GCM, in this run")
+	baseline := fs.Bool("floor", true, "also run the same load against the like-for-like floor (the sidecar's server without the crypto), in this run")
 	jsonOut := fs.String("json", "", "write the full report (timeline included) as JSON here")
 	if err := parse(fs, args, stderr); err != nil {
 		return err

@@ -49,12 +49,19 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	payload := fs.Int("payload", 1024, "plaintext bytes per item")
 	mix := fs.String("mix", "encrypt=1,decrypt=1", "operation weights")
 	batch := fs.Int("batch", 1, "items per call (>1 uses the batch RPCs)")
-	duration := fs.Duration("duration", 10*time.Second, "how long to run")
-	count := fs.Int64("count", 0, "stop after this many calls instead")
-	rate := fs.Float64("rate", 0, "cap on total calls per second (0: as fast as possible)")
-	rotateEvery := fs.Duration("rotate-every", 0, "rotate the keyset this often during the run (needs --rotate-file)")
+	duration := fs.Duration("duration", 10*time.Second, "how long to run each target, per round")
+	count := fs.Int64("count", 0, "stop each target after this many calls instead")
+	rate := fs.Float64("rate", 0, "cap on total calls per second (0: as fast as possible); latency then counts from each call's scheduled time")
+	rotateEvery := fs.Duration("rotate-every", 0, "rotate the keyset this often during the sidecar's run (needs --rotate-file)")
 	rotateFile := fs.String("rotate-file", "", "the keyset file the sidecar follows, rotated two-phase during the run")
-	baseline := fs.Bool("floor", true, "also run the same load against the like-for-like floor (the sidecar's server without the crypto), in this run")
+	floor := fs.Bool("floor", true, "also run the same load against the like-for-like floor (the sidecar's server without the crypto), in this run")
+	rounds := fs.Int("rounds", 1, "alternate the targets this many times and merge the rounds")
+	var peers []loadtest.PeerSpec
+	fs.Func("peer", "also run the same load against NAME=ADDRESS (repeatable): "+strings.Join(loadtest.PeerKinds(), ", "), func(s string) error {
+		p, err := loadtest.ParsePeer(s)
+		peers = append(peers, p)
+		return err
+	})
 	jsonOut := fs.String("json", "", "write the full report (timeline included) as JSON here")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -64,9 +71,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	o := loadtest.Options{Socket: *socket, Keyset: *keysetName, Clients: *clients, Payload: *payload, Mix: m,
-		Duration: *duration, Count: *count, Rate: *rate, Baseline: *baseline}
+		Duration: *duration, Count: *count, Rate: *rate, Floor: *floor, Peers: peers, Rounds: *rounds,
+		KMS: providers.Registry(nil)}
 	if exe, err := os.Executable(); err == nil {
-		o.EchoCommand = []string{exe, "bench-echo"}
+		o.FloorCommand = []string{exe, "bench-floor"}
 	}
 	if isTerminal(stderr) {
 		o.Progress = stderr
@@ -80,7 +88,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 			return err
 		}
 		defer c.Close()
-		o.RotateEvery, o.Rotate = *rotateEvery, loadtest.FileRotation(*rotateFile, providers.Registry(nil), c.API())
+		o.RotateEvery, o.Rotate = *rotateEvery, loadtest.FileRotation(*rotateFile, o.KMS, c.API())
 	}
 	rep, err := loadtest.Run(ctx, o)
 	if err != nil {
@@ -102,29 +110,65 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	return nil
 }
 
+// totalErrors counts failed calls against every target.
 func totalErrors(r *loadtest.Report) int64 {
 	var n int64
-	for _, v := range r.Errors {
-		n += v
+	for _, rr := range append([]*loadtest.Report{r, r.Floor}, r.Peers...) {
+		if rr == nil {
+			continue
+		}
+		for _, v := range rr.Errors {
+			n += v
+		}
 	}
 	return n
 }
 
 func printReport(w io.Writer, r *loadtest.Report) {
-	fmt.Fprintf(w, "target       %s\n", r.Target)
-	fmt.Fprintf(w, "load         %d clients, %d-byte payloads, mix %+v, %.1fs\n", r.Clients, r.Payload, r.Mix, r.Elapsed)
-	fmt.Fprintf(w, "throughput   %d calls, %.0f calls/s\n", r.Calls, r.CallsPerSec)
-	fmt.Fprintf(w, "latency      p50 %.0fµs  p90 %.0fµs  p99 %.0fµs  max %.0fµs\n", r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max)
-	fmt.Fprintf(w, "errors       %d %v\n", totalErrors(r), r.Errors)
+	fmt.Fprintf(w, "load         %d clients, %d-byte payloads, mix encrypt=%d,decrypt=%d,rewrap=%d, batch %d, %d round(s) of %.1fs",
+		r.Clients, r.Payload, r.Mix.Encrypt, r.Mix.Decrypt, r.Mix.Rewrap, r.Mix.Batch, r.Rounds, r.Elapsed/float64(max(r.Rounds, 1)))
+	if r.Rate > 0 {
+		fmt.Fprintf(w, ", capped at %.0f calls/s (latency from each call's scheduled time)", r.Rate)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "%-11s %10s %10s %9s %9s %9s %9s %8s  %s\n", "target", "calls/s", "items/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "errors", "keyshift / this")
+	for _, rr := range append([]*loadtest.Report{r, r.Floor}, r.Peers...) {
+		if rr == nil {
+			continue
+		}
+		ratio := "-"
+		if rr != r && rr.KeyshiftOver > 0 {
+			ratio = fmt.Sprintf("%.2f", rr.KeyshiftOver)
+		}
+		var errs int64
+		for _, v := range rr.Errors {
+			errs += v
+		}
+		fmt.Fprintf(w, "%-11s %10.0f %10.0f %9.0f %9.0f %9.0f %9.0f %8d  %s\n", rr.Target, rr.CallsPerSec, rr.ItemsPerSec,
+			rr.Latency.P50, rr.Latency.P99, rr.Latency.P999, rr.Latency.Max, errs, ratio)
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(w, "errors       %v\n", r.Errors)
+	}
+	if l := r.ServiceLatency; l != nil {
+		fmt.Fprintf(w, "keyshift     from the actual send (hides queueing): p50 %.0fµs p99 %.0fµs p99.9 %.0fµs\n", l.P50, l.P99, l.P999)
+	}
 	if r.Rotations > 0 {
-		fmt.Fprintf(w, "rotations    %d during the run, at %v s\n", r.Rotations, r.RotationAt)
+		fmt.Fprintf(w, "rotations    %d during the sidecar's run, at %v s\n", r.Rotations, r.RotationAt)
 	}
 	if p := r.Sidecar; p != nil {
 		fmt.Fprintf(w, "sidecar      pid %d, RSS %d KiB at start, %d KiB max, CPU %.2fs (%.4fs per 1000 calls)\n", p.PID, p.RSSStartKiB, p.RSSMaxKiB, p.CPUSeconds, p.CPUPer1000Ops)
 	}
-	if b := r.Baseline; b != nil {
-		fmt.Fprintf(w, "baseline     %s: %.0f calls/s, p50 %.0fµs p99 %.0fµs\n", b.Target, b.CallsPerSec, b.Latency.P50, b.Latency.P99)
-		fmt.Fprintf(w, "ratio        sidecar throughput is %.2f of the baseline's\n", r.RatioToBaseline)
+	if f := r.Floor; f != nil {
+		if p := f.Sidecar; p != nil {
+			fmt.Fprintf(w, "floor        pid %d, CPU %.2fs (%.4fs per 1000 calls)\n", p.PID, p.CPUSeconds, p.CPUPer1000Ops)
+		}
+		fmt.Fprintf(w, "ratio        sidecar items/s are %.2f of the floor's\n", r.RatioToFloor)
+	}
+	for _, p := range append([]*loadtest.Report{r.Floor}, r.Peers...) {
+		if p != nil {
+			fmt.Fprintf(w, "  %-10s %s\n", p.Target+":", p.Describe)
+		}
 	}
 }
 
@@ -137,20 +181,19 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// runBenchEcho serves the load tool's baseline (a bare gRPC echo with
-// AES-GCM in its handler) on the socket path given as its argument, until
-// killed. `keyshift bench` starts it so the baseline runs in its own
-// process, as the sidecar does.
-func runBenchEcho(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+// runBenchFloor serves the load tool's like-for-like floor (the sidecar's
+// own server without the crypto) on the socket path given as its
+// argument, until killed. `keyshift bench` starts it so the floor runs in
+// its own process, as the sidecar does.
+func runBenchFloor(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: keyshift bench-echo SOCKET")
+		fmt.Fprintln(stderr, "usage: keyshift bench-floor SOCKET")
 		return errUsage
 	}
-	stop, err := loadtest.StartEcho(args[0], true)
+	wait, err := loadtest.ServeFloor(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	defer stop()
-	<-ctx.Done()
+	wait()
 	return nil
 }

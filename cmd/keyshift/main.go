@@ -35,8 +35,8 @@ func commands() []command {
 		{"injector", "serve the mutating admission webhook that injects the sidecar", runInjector},
 		{"audit", "verify the controller's keyed, anchored audit trail", runAudit},
 		{"demo", "run everything on this machine: sidecar, traffic, live rotation", runDemo},
-		{"bench", "load a running sidecar: throughput, latency, errors, RSS/CPU, vs a baseline", runBench},
-		{"bench-echo", "serve the bench baseline on a socket (started by bench)", runBenchEcho},
+		{"bench", "load a running sidecar: throughput, latency, errors, RSS/CPU, vs its floor and peers", runBench},
+		{"bench-floor", "serve the bench's like-for-like floor on a socket (started by bench)", runBenchFloor},
 	}
 }
 

@@ -1,14 +1,17 @@
 // Package loadtest drives a running sidecar over its socket with many
 // concurrent clients and reports throughput, latency percentiles, errors by
 // gRPC code, the sidecar's memory and CPU from /proc, and a latency
-// timeline across live rotations. It can run the same load against a bare
-// gRPC echo with AES-GCM in its handler, so every figure is also a ratio
-// against the physical limit of the design measured in the same run.
+// timeline across live rotations. In the same run it drives the same load
+// against the like-for-like floor (the sidecar's own server without the
+// crypto, ServeFloor) and against peers (Vault Transit, Dapr's crypto API,
+// the envelope in process, an app caching one data key), so every figure is
+// a ratio measured like for like.
 package loadtest
 
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -21,12 +24,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
+	"github.com/keyshift/keyshift/internal/kms"
 )
 
 // Mix weighs the operations; Batch > 1 sends batch calls of that many items.
@@ -43,31 +43,43 @@ type Options struct {
 	Payload  int
 	Mix      Mix
 	Duration time.Duration
-	// Count stops the run after this many calls (0: run for Duration).
+	// Count stops each target's run after this many calls (0: run for
+	// Duration).
 	Count int64
-	// Rate caps total calls per second (0: as fast as possible).
+	// Rate caps total calls per second (0: as fast as possible). Latency
+	// is then measured from when each call was due, not from when it was
+	// sent, so a call that waited behind a slow one counts its wait
+	// (coordinated omission corrected, as HdrHistogram does).
 	Rate float64
-	// RotateEvery runs Rotate this often during the run (0: never).
+	// RotateEvery runs Rotate this often during the sidecar's run (0: never).
 	RotateEvery time.Duration
 	Rotate      func(ctx context.Context) (RotationTimes, error)
 	// Window is the timeline bucket (100ms when zero).
 	Window time.Duration
 	// Progress, when set, gets a one-line status every second.
 	Progress io.Writer
-	// Baseline also runs the load against a bare gRPC echo with AES-GCM.
-	Baseline bool
-	// EchoCommand starts the baseline as its own process, as the sidecar
-	// is: it is run with the socket path appended and must serve StartEcho
-	// there. Empty runs the echo inside this process.
-	EchoCommand []string
+	// Floor also runs the load against the like-for-like floor.
+	Floor bool
+	// FloorCommand starts the floor as its own process, as the sidecar
+	// is: it is run with the socket path appended and must serve
+	// ServeFloor there. Empty serves the floor inside this process.
+	FloorCommand []string
+	// Peers also run the same load against these systems.
+	Peers []PeerSpec
+	// Rounds alternates the targets this many times, each running
+	// Duration (or Count) per round, and merges the rounds (1 when zero):
+	// drift on a busy machine then falls on every target alike.
+	Rounds int
+	// KMS opens the KMS URIs peers name (in-process envelope, cached data key).
+	KMS kms.Registry
 }
 
 // Latency percentiles in microseconds.
 type Latency struct {
-	P50, P90, P99, Max float64
+	P50, P90, P99, P999, Max float64
 }
 
-// Proc is what /proc said about the sidecar process during the run.
+// Proc is what /proc said about the serving process during the run.
 type Proc struct {
 	PID           int32   `json:"pid"`
 	RSSStartKiB   int64   `json:"rss_start_kib"`
@@ -83,39 +95,57 @@ type Window struct {
 	Calls  int     `json:"calls"`
 	P50us  float64 `json:"p50_us"`
 	P99us  float64 `json:"p99_us"`
+	P999us float64 `json:"p999_us"`
 	Errors int     `json:"errors"`
 }
 
-// Report is the result of one run.
+// Report is the result of one run against one target; the sidecar's
+// report carries the floor's and the peers'.
 type Report struct {
-	Target      string           `json:"target"`
-	Clients     int              `json:"clients"`
-	Payload     int              `json:"payload_bytes"`
-	Mix         Mix              `json:"mix"`
-	Elapsed     float64          `json:"elapsed_seconds"`
-	Calls       int64            `json:"calls"`
-	CallsPerSec float64          `json:"calls_per_second"`
-	Latency     Latency          `json:"latency_us"`
-	Errors      map[string]int64 `json:"errors_by_code"`
-	Rotations   int              `json:"rotations"`
-	RotationAt  []float64        `json:"rotation_at_seconds,omitempty"`
-	Sidecar     *Proc            `json:"sidecar,omitempty"`
-	Timeline    []Window         `json:"timeline,omitempty"`
-	Baseline    *Report          `json:"baseline,omitempty"`
-	// RatioToBaseline is CallsPerSec over the baseline's.
-	RatioToBaseline float64 `json:"ratio_to_baseline,omitempty"`
+	Target      string  `json:"target"`
+	Describe    string  `json:"describe,omitempty"`
+	Clients     int     `json:"clients"`
+	Payload     int     `json:"payload_bytes"`
+	Mix         Mix     `json:"mix"`
+	Rate        float64 `json:"rate,omitempty"`
+	Rounds      int     `json:"rounds"`
+	Elapsed     float64 `json:"elapsed_seconds"`
+	Calls       int64   `json:"calls"`
+	CallsPerSec float64 `json:"calls_per_second"`
+	// ItemsPerSec is CallsPerSec times the batch size.
+	ItemsPerSec float64 `json:"items_per_second"`
+	// Latency is from when each call was due: with Rate, from its
+	// scheduled send time; without, from its send.
+	Latency Latency `json:"latency_us"`
+	// ServiceLatency (Rate runs only) is from the actual send, which
+	// hides queueing; it is reported beside Latency, never instead.
+	ServiceLatency *Latency         `json:"service_latency_us,omitempty"`
+	Errors         map[string]int64 `json:"errors_by_code"`
+	Rotations      int              `json:"rotations"`
+	RotationAt     []float64        `json:"rotation_at_seconds,omitempty"`
+	Sidecar        *Proc            `json:"process,omitempty"`
+	Timeline       []Window         `json:"timeline,omitempty"`
+	Floor          *Report          `json:"floor,omitempty"`
+	Peers          []*Report        `json:"peers,omitempty"`
+	// RatioToFloor is the sidecar's ItemsPerSec over the floor's.
+	RatioToFloor float64 `json:"ratio_to_floor,omitempty"`
+	// KeyshiftOver, on a peer's report, is the sidecar's ItemsPerSec over
+	// this peer's, in the same run.
+	KeyshiftOver float64 `json:"keyshift_over_this,omitempty"`
 }
 
 type sample struct {
-	at  time.Duration // since start
-	lat time.Duration
+	at  time.Duration // since start, when the call was due
+	lat time.Duration // from due to done
+	svc time.Duration // from sent to done
 	err bool
 }
 
-// op is one call against a connection.
-type op func(ctx context.Context, c *grpc.ClientConn) error
+// op is one call on one connection.
+type op func(ctx context.Context, c Conn) error
 
-// Run performs the load described by o.
+// Run performs the load described by o against the sidecar at o.Socket,
+// then (alternating, for o.Rounds) against the floor and each peer.
 func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Clients <= 0 {
 		o.Clients = 1
@@ -129,84 +159,124 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Mix.Encrypt+o.Mix.Decrypt+o.Mix.Rewrap <= 0 {
 		o.Mix.Encrypt = 1
 	}
+	o.Mix.Batch = max(o.Mix.Batch, 1)
 	if o.Duration <= 0 && o.Count <= 0 {
 		o.Duration = 10 * time.Second
 	}
-	rep, err := run(ctx, o, o.Socket, false)
+	o.Rounds = max(o.Rounds, 1)
+	main, err := SocketTarget("keyshift", "the sidecar over its Unix socket (gRPC)", o.Socket, o.Keyset)
 	if err != nil {
 		return nil, err
 	}
-	if o.Baseline {
-		dir, err := os.MkdirTemp("", "ksecho")
+	targets := []*Target{main}
+	defer func() {
+		for _, t := range targets {
+			if t.Close != nil {
+				t.Close()
+			}
+		}
+	}()
+	if o.Floor {
+		t, err := startFloor(ctx, o.FloorCommand)
 		if err != nil {
 			return nil, err
 		}
-		defer os.RemoveAll(dir)
-		path := filepath.Join(dir, "echo.sock")
-		stop, err := startBaseline(ctx, o.EchoCommand, path)
+		targets = append(targets, t)
+	}
+	for _, p := range o.Peers {
+		t, err := openPeer(ctx, p, o)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("loadtest: peer %s: %w", p.Kind, err)
 		}
-		bo := o
-		bo.RotateEvery, bo.Progress = 0, nil
-		base, err := run(ctx, bo, path, true)
-		stop()
-		if err != nil {
-			return nil, err
+		targets = append(targets, t)
+	}
+	runs := make([]*runner, len(targets))
+	for i, t := range targets {
+		if runs[i], err = newRunner(ctx, o, t, i == 0); err != nil {
+			return nil, fmt.Errorf("loadtest: %s: %w", t.Name, err)
 		}
-		base.Target, base.Timeline = "bare gRPC echo + AES-GCM (baseline)", nil
-		if len(o.EchoCommand) == 0 {
-			base.Target += ", in this process"
-		} else {
-			base.Target += ", its own process"
+		defer runs[i].close()
+	}
+	for round := range o.Rounds {
+		for _, r := range runs {
+			if err := r.round(ctx, round); err != nil {
+				return nil, fmt.Errorf("loadtest: %s: %w", r.t.Name, err)
+			}
 		}
-		rep.Baseline = base
-		if base.CallsPerSec > 0 {
-			rep.RatioToBaseline = rep.CallsPerSec / base.CallsPerSec
+	}
+	rep := runs[0].report()
+	for _, r := range runs[1:] {
+		pr := r.report()
+		pr.Timeline = nil
+		if pr.ItemsPerSec > 0 {
+			pr.KeyshiftOver = rep.ItemsPerSec / pr.ItemsPerSec
 		}
+		if r.t.Name == "floor" {
+			rep.Floor = pr
+			rep.RatioToFloor = rep.ItemsPerSec / max(pr.ItemsPerSec, 1e-9)
+			continue
+		}
+		rep.Peers = append(rep.Peers, pr)
 	}
 	return rep, nil
 }
 
-func run(ctx context.Context, o Options, socket string, echo bool) (*Report, error) {
-	conns := make([]*grpc.ClientConn, o.Clients)
-	for i := range conns {
-		c, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// runner holds one target's connections and what its rounds measured.
+type runner struct {
+	o       Options
+	t       *Target
+	rotate  bool
+	conns   []Conn
+	ops     []op
+	samples []sample
+	offset  time.Duration
+	errors  map[string]int64
+	proc    *Proc
+	rep     Report
+}
+
+func newRunner(ctx context.Context, o Options, t *Target, rotate bool) (*runner, error) {
+	r := &runner{o: o, t: t, rotate: rotate, errors: map[string]int64{}}
+	for range o.Clients {
+		c, err := t.Dial(ctx)
 		if err != nil {
+			r.close()
 			return nil, err
 		}
-		defer c.Close()
-		conns[i] = c
+		r.conns = append(r.conns, c)
 	}
 	payload := make([]byte, o.Payload)
 	_, _ = rand.Read(payload)
-	ops, err := buildOps(ctx, o, conns[0], payload, echo)
-	if err != nil {
+	var err error
+	if r.ops, err = buildOps(ctx, o.Mix, r.conns[0], payload); err != nil {
+		r.close()
 		return nil, err
 	}
-	pid, err := peerPID(socket)
-	if err != nil {
-		return nil, err
+	return r, nil
+}
+
+func (r *runner) close() {
+	for _, c := range r.conns {
+		_ = c.Close()
 	}
-	if pid == int32(os.Getpid()) && echo {
-		pid = 0 // an in-process baseline: /proc would count the load generator too
-	}
-	// Cancel rather than a deadline: a call cut off by the end of the run
-	// must not count as a DeadlineExceeded error.
+}
+
+// round runs the load once for Duration (or Count calls).
+func (r *runner) round(ctx context.Context, n int) error {
+	o := r.o
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if o.Count <= 0 {
+		// Cancel rather than a deadline: a call cut off by the end of the
+		// run must not count as a DeadlineExceeded error.
 		defer time.AfterFunc(o.Duration, cancel).Stop()
 	}
-
-	rep := &Report{Target: socket, Clients: o.Clients, Payload: o.Payload, Mix: o.Mix, Errors: map[string]int64{}}
 	var mu sync.Mutex
 	var all []sample
 	var issued, completed, failed atomic.Int64
-	sampler := newProcSampler(pid)
+	sampler := newProcSampler(r.t.PID)
 	start := time.Now()
 	var wg sync.WaitGroup
-	var errMu sync.Mutex
 	for i := range o.Clients {
 		wg.Add(1)
 		go func() {
@@ -216,33 +286,40 @@ func run(ctx context.Context, o Options, socket string, echo bool) (*Report, err
 			if o.Rate > 0 {
 				interval = time.Duration(float64(o.Clients) / o.Rate * float64(time.Second))
 			}
-			next := time.Now()
-			for n := 0; rctx.Err() == nil; n++ {
+			// Clients start spread over one interval, not all at once.
+			next := start.Add(interval * time.Duration(i) / time.Duration(o.Clients))
+			for k := 0; rctx.Err() == nil; k++ {
 				if o.Count > 0 && issued.Add(1) > o.Count {
 					break
 				}
+				due := time.Now()
 				if interval > 0 {
+					due = next
 					if d := time.Until(next); d > 0 {
 						select {
 						case <-rctx.Done():
 						case <-time.After(d):
 						}
+						if rctx.Err() != nil {
+							break
+						}
 					}
 					next = next.Add(interval)
 				}
-				f := ops[(i+n)%len(ops)]
+				f := r.ops[(i+k)%len(r.ops)]
 				t0 := time.Now()
-				err := f(rctx, conns[i])
-				s := sample{at: t0.Sub(start), lat: time.Since(t0)}
+				err := f(rctx, r.conns[i])
+				done := time.Now()
+				s := sample{at: due.Sub(start), lat: done.Sub(due), svc: done.Sub(t0)}
 				if err != nil {
 					if rctx.Err() != nil {
 						break // the run ended under this call
 					}
 					s.err = true
 					failed.Add(1)
-					errMu.Lock()
-					rep.Errors[status.Code(err).String()]++
-					errMu.Unlock()
+					mu.Lock()
+					r.errors[errorCode(err)]++
+					mu.Unlock()
 				}
 				local = append(local, s)
 				completed.Add(1)
@@ -254,28 +331,68 @@ func run(ctx context.Context, o Options, socket string, echo bool) (*Report, err
 	}
 	stopRot := make(chan struct{})
 	rotDone := make(chan error, 1)
-	go func() { rotDone <- rotateLoop(rctx, o, start, stopRot, rep) }()
+	go func() {
+		if !r.rotate {
+			rotDone <- nil
+			return
+		}
+		rotDone <- rotateLoop(rctx, o, start, r.offset, stopRot, &r.rep)
+	}()
 	done := make(chan struct{})
-	go progress(o.Progress, start, &completed, &failed, done)
+	go progress(o.Progress, r.t.Name, start, &completed, &failed, done)
 	wg.Wait()
 	cancel()
 	close(stopRot)
 	close(done)
 	if err := <-rotDone; err != nil {
-		return nil, err
+		return err
 	}
-	rep.Elapsed = time.Since(start).Seconds()
+	elapsed := time.Since(start)
 	if p := sampler.stop(); p != nil {
-		rep.Sidecar = p
+		if r.proc == nil {
+			r.proc = p
+		} else {
+			r.proc.RSSMaxKiB = max(r.proc.RSSMaxKiB, p.RSSMaxKiB)
+			r.proc.RSSEndKiB = p.RSSEndKiB
+			r.proc.CPUSeconds += p.CPUSeconds
+		}
 	}
-	summarize(rep, all, o.Window)
+	for i := range all {
+		all[i].at += r.offset
+	}
+	r.samples = append(r.samples, all...)
+	r.offset += elapsed
+	return nil
+}
+
+// errorCode names an error by its gRPC code, or its text for other systems.
+func errorCode(err error) string {
+	if errors.Is(err, ErrUnsupported) {
+		return "Unsupported"
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	return "Error"
+}
+
+func (r *runner) report() *Report {
+	rep := &r.rep
+	o := r.o
+	rep.Target, rep.Describe = r.t.Name, r.t.Describe
+	rep.Clients, rep.Payload, rep.Mix, rep.Rate, rep.Rounds = o.Clients, o.Payload, o.Mix, o.Rate, o.Rounds
+	rep.Elapsed = r.offset.Seconds()
+	rep.Errors = r.errors
+	rep.Sidecar = r.proc
+	summarize(rep, r.samples, o.Window, o.Rate > 0)
+	rep.ItemsPerSec = rep.CallsPerSec * float64(o.Mix.Batch)
 	if rep.Sidecar != nil && rep.Calls > 0 {
 		rep.Sidecar.CPUPer1000Ops = rep.Sidecar.CPUSeconds / float64(rep.Calls) * 1000
 	}
-	return rep, nil
+	return rep
 }
 
-func rotateLoop(ctx context.Context, o Options, start time.Time, stop chan struct{}, rep *Report) error {
+func rotateLoop(ctx context.Context, o Options, start time.Time, offset time.Duration, stop chan struct{}, rep *Report) error {
 	if o.RotateEvery <= 0 || o.Rotate == nil {
 		return nil
 	}
@@ -288,7 +405,7 @@ func rotateLoop(ctx context.Context, o Options, start time.Time, stop chan struc
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			at := time.Since(start).Seconds()
+			at := (time.Since(start) + offset).Seconds()
 			if _, err := o.Rotate(ctx); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -301,7 +418,7 @@ func rotateLoop(ctx context.Context, o Options, start time.Time, stop chan struc
 	}
 }
 
-func progress(w io.Writer, start time.Time, completed, failed *atomic.Int64, done chan struct{}) {
+func progress(w io.Writer, name string, start time.Time, completed, failed *atomic.Int64, done chan struct{}) {
 	if w == nil {
 		return
 	}
@@ -311,22 +428,26 @@ func progress(w io.Writer, start time.Time, completed, failed *atomic.Int64, don
 	for {
 		select {
 		case <-done:
-			fmt.Fprintf(w, "\r%70s\r", "")
+			fmt.Fprintf(w, "\r%80s\r", "")
 			return
 		case <-t.C:
 			n := completed.Load()
-			fmt.Fprintf(w, "\r  %5.1fs  %9d calls  %8.0f calls/s  %d errors   ", time.Since(start).Seconds(), n, float64(n-last), failed.Load())
+			fmt.Fprintf(w, "\r  %-10s %5.1fs  %9d calls  %8.0f calls/s  %d errors   ", name, time.Since(start).Seconds(), n, float64(n-last), failed.Load())
 			last = n
 		}
 	}
 }
 
-func summarize(rep *Report, all []sample, window time.Duration) {
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func summarize(rep *Report, all []sample, window time.Duration, rated bool) {
 	slices.SortFunc(all, func(a, b sample) int { return int(a.at - b.at) })
 	lats := make([]float64, 0, len(all))
+	svcs := make([]float64, 0, len(all))
 	for _, s := range all {
 		if !s.err {
-			lats = append(lats, float64(s.lat.Nanoseconds())/1000)
+			lats = append(lats, micros(s.lat))
+			svcs = append(svcs, micros(s.svc))
 		}
 	}
 	rep.Calls = int64(len(all))
@@ -334,6 +455,11 @@ func summarize(rep *Report, all []sample, window time.Duration) {
 		rep.CallsPerSec = float64(len(all)) / rep.Elapsed
 	}
 	rep.Latency = percentiles(lats)
+	if rated {
+		l := percentiles(svcs)
+		rep.ServiceLatency = &l
+	}
+	rep.Timeline = nil
 	for i := 0; i < len(all); {
 		w := int(all[i].at / window)
 		var ls []float64
@@ -343,11 +469,11 @@ func summarize(rep *Report, all []sample, window time.Duration) {
 			if all[j].err {
 				errs++
 			} else {
-				ls = append(ls, float64(all[j].lat.Nanoseconds())/1000)
+				ls = append(ls, micros(all[j].lat))
 			}
 		}
 		p := percentiles(ls)
-		rep.Timeline = append(rep.Timeline, Window{T: float64(w) * window.Seconds(), Calls: j - i, P50us: p.P50, P99us: p.P99, Errors: errs})
+		rep.Timeline = append(rep.Timeline, Window{T: float64(w) * window.Seconds(), Calls: j - i, P50us: p.P50, P99us: p.P99, P999us: p.P999, Errors: errs})
 		i = j
 	}
 }
@@ -361,113 +487,45 @@ func percentiles(v []float64) Latency {
 		i := int(math.Ceil(q*float64(len(v)))) - 1
 		return v[max(0, min(i, len(v)-1))]
 	}
-	return Latency{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: v[len(v)-1]}
+	return Latency{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: v[len(v)-1]}
 }
 
-// buildOps makes the weighted list of calls, preparing a ciphertext for
-// decrypt and rewrap.
-func buildOps(ctx context.Context, o Options, c *grpc.ClientConn, payload []byte, echo bool) ([]op, error) {
-	if echo {
-		req := &v1.EncryptRequest{Keyset: o.Keyset, Plaintext: payload}
-		return []op{func(ctx context.Context, c *grpc.ClientConn) error {
-			return c.Invoke(ctx, EchoMethod, req, new(v1.EncryptResponse))
-		}}, nil
+// buildOps makes the weighted list of calls, preparing ciphertexts for
+// decrypt and rewrap with the target's own Encrypt.
+func buildOps(ctx context.Context, m Mix, c Conn, payload []byte) ([]op, error) {
+	pts := make([][]byte, m.Batch)
+	for i := range pts {
+		pts[i] = payload
 	}
-	api := v1.NewCryptoClient(c)
-	var ct []byte
-	if o.Mix.Decrypt+o.Mix.Rewrap > 0 {
-		r, err := api.Encrypt(ctx, &v1.EncryptRequest{Keyset: o.Keyset, Plaintext: payload})
-		if err != nil {
-			return nil, fmt.Errorf("loadtest: preparing a ciphertext: %w", err)
+	var cts [][]byte
+	if m.Decrypt+m.Rewrap > 0 {
+		var err error
+		if cts, err = c.Encrypt(ctx, pts); err != nil {
+			return nil, fmt.Errorf("preparing ciphertexts: %w", err)
 		}
-		ct = r.GetCiphertext()
+		if err := c.Decrypt(ctx, cts); err != nil {
+			return nil, fmt.Errorf("the prepared ciphertexts do not decrypt: %w", err)
+		}
 	}
-	b := max(o.Mix.Batch, 1)
-	enc, dec, rw := encOp(o.Keyset, payload, b), decOp(ct, b), rewrapOp(ct, b)
+	if m.Rewrap > 0 {
+		if err := c.Rewrap(ctx, cts); err != nil {
+			return nil, fmt.Errorf("rewrap: %w (leave rewrap out of --mix for this target)", err)
+		}
+	}
+	enc := func(ctx context.Context, c Conn) error { _, err := c.Encrypt(ctx, pts); return err }
+	dec := func(ctx context.Context, c Conn) error { return c.Decrypt(ctx, cts) }
+	rw := func(ctx context.Context, c Conn) error { return c.Rewrap(ctx, cts) }
 	var ops []op
-	for range o.Mix.Encrypt {
+	for range m.Encrypt {
 		ops = append(ops, enc)
 	}
-	for range o.Mix.Decrypt {
+	for range m.Decrypt {
 		ops = append(ops, dec)
 	}
-	for range o.Mix.Rewrap {
+	for range m.Rewrap {
 		ops = append(ops, rw)
 	}
 	return ops, nil
-}
-
-// itemErrs fails a batch call with the first failed item's code.
-func itemErrs[R interface{ GetError() *v1.ItemError }](results []R) error {
-	for _, r := range results {
-		if e := r.GetError(); e != nil {
-			return status.Error(codes.Code(e.GetCode()), "batch item: "+e.GetMessage())
-		}
-	}
-	return nil
-}
-
-func encOp(keyset string, payload []byte, batch int) op {
-	if batch == 1 {
-		req := &v1.EncryptRequest{Keyset: keyset, Plaintext: payload}
-		return func(ctx context.Context, c *grpc.ClientConn) error {
-			_, err := v1.NewCryptoClient(c).Encrypt(ctx, req)
-			return err
-		}
-	}
-	req := &v1.EncryptBatchRequest{}
-	for range batch {
-		req.Items = append(req.Items, &v1.EncryptRequest{Keyset: keyset, Plaintext: payload})
-	}
-	return func(ctx context.Context, c *grpc.ClientConn) error {
-		r, err := v1.NewCryptoClient(c).EncryptBatch(ctx, req)
-		if err != nil {
-			return err
-		}
-		return itemErrs(r.GetResults())
-	}
-}
-
-func decOp(ct []byte, batch int) op {
-	if batch == 1 {
-		req := &v1.DecryptRequest{Ciphertext: ct}
-		return func(ctx context.Context, c *grpc.ClientConn) error {
-			_, err := v1.NewCryptoClient(c).Decrypt(ctx, req)
-			return err
-		}
-	}
-	req := &v1.DecryptBatchRequest{}
-	for range batch {
-		req.Items = append(req.Items, &v1.DecryptRequest{Ciphertext: ct})
-	}
-	return func(ctx context.Context, c *grpc.ClientConn) error {
-		r, err := v1.NewCryptoClient(c).DecryptBatch(ctx, req)
-		if err != nil {
-			return err
-		}
-		return itemErrs(r.GetResults())
-	}
-}
-
-func rewrapOp(ct []byte, batch int) op {
-	if batch == 1 {
-		req := &v1.RewrapRequest{Ciphertext: ct}
-		return func(ctx context.Context, c *grpc.ClientConn) error {
-			_, err := v1.NewCryptoClient(c).Rewrap(ctx, req)
-			return err
-		}
-	}
-	req := &v1.RewrapBatchRequest{}
-	for range batch {
-		req.Items = append(req.Items, &v1.RewrapRequest{Ciphertext: ct})
-	}
-	return func(ctx context.Context, c *grpc.ClientConn) error {
-		r, err := v1.NewCryptoClient(c).RewrapBatch(ctx, req)
-		if err != nil {
-			return err
-		}
-		return itemErrs(r.GetResults())
-	}
 }
 
 // peerPID asks the kernel which process serves the socket (SO_PEERCRED on
@@ -481,25 +539,63 @@ func peerPID(socket string) (int32, error) {
 	return ucredPID(c.(*net.UnixConn))
 }
 
-// startBaseline serves the echo at path, in a child process when cmd is set.
-func startBaseline(ctx context.Context, cmd []string, path string) (func(), error) {
+// startFloor serves the floor on a socket of its own, in a child process
+// when cmd is set (as the sidecar is its own process).
+func startFloor(ctx context.Context, cmd []string) (*Target, error) {
+	dir, err := os.MkdirTemp("", "ksfloor")
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "floor.sock")
+	describe := "the sidecar's own server (listener, peer check, gRPC options, interceptors) with no crypto behind it"
+	var stop func()
 	if len(cmd) == 0 {
-		return StartEcho(path, true)
+		fctx, cancel := context.WithCancel(ctx)
+		wait, err := ServeFloor(fctx, path)
+		if err != nil {
+			cancel()
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		stop = func() { cancel(); wait() }
+		describe += ", in this process"
+	} else {
+		c := exec.CommandContext(ctx, cmd[0], append(cmd[1:], path)...)
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("loadtest: start the floor: %w", err)
+		}
+		stop = func() { _ = c.Process.Kill(); _ = c.Wait() }
+		if err := waitSocket(path, 10*time.Second); err != nil {
+			stop()
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		describe += ", its own process"
 	}
-	c := exec.CommandContext(ctx, cmd[0], append(cmd[1:], path)...)
-	c.Stderr = os.Stderr
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("loadtest: start baseline: %w", err)
+	t, err := SocketTarget("floor", describe, path, "")
+	if err != nil {
+		stop()
+		os.RemoveAll(dir)
+		return nil, err
 	}
-	stop := func() { _ = c.Process.Kill(); _ = c.Wait() }
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	if t.PID == int32(os.Getpid()) {
+		t.PID = 0 // in process: /proc would count the load generator too
+	}
+	t.Close = func() { stop(); os.RemoveAll(dir) }
+	return t, nil
+}
+
+// waitSocket waits until something accepts connections at path.
+func waitSocket(path string, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); ; {
 		if conn, err := net.Dial("unix", path); err == nil {
 			conn.Close()
-			return stop, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("loadtest: baseline did not listen on %s", path)
+			return fmt.Errorf("loadtest: nothing listens on %s after %s", path, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

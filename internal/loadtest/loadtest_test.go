@@ -5,28 +5,29 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keyshift/keyshift/internal/envelope"
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
 	"github.com/keyshift/keyshift/internal/kms/local"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/sidecar"
+	"github.com/keyshift/keyshift/internal/sidecar/floor"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 
-// A real sidecar under load with rotations every 150 ms and a mixed,
-// batched workload: zero errors, the rotations happened, the report is
-// complete, and the same-run baseline gives a ratio.
-func TestRunAgainstSidecarWithRotations(t *testing.T) {
-	dir, err := os.MkdirTemp("", "kslt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	kek, ksPath, sock := filepath.Join(dir, "kek.json"), filepath.Join(dir, "ks.json"), filepath.Join(dir, "s.sock")
-	ks, err := rotation.Create(context.Background(), local.New(kek), "bench", "local://"+kek, time.Now())
+// testSidecar starts a real sidecar on a keyset file with the local KMS
+// and returns its socket, the keyset file, the KEK's URI and the registry.
+func testSidecar(t *testing.T) (sock, ksPath, kekURI string, reg kms.Registry) {
+	t.Helper()
+	dir := t.TempDir()
+	kek := filepath.Join(dir, "kek.json")
+	ksPath, sock, kekURI = filepath.Join(dir, "ks.json"), filepath.Join(dir, "s.sock"), "local://"+kek
+	ks, err := rotation.Create(context.Background(), local.New(kek), "bench", kekURI, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,13 +35,21 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	reg := kms.Registry{local.Scheme: local.Open}
+	reg = kms.Registry{local.Scheme: local.Open}
 	srv, err := sidecar.Start(ctx, sidecar.Config{Socket: sock, Keysets: map[string]string{"bench": ksPath}, KMS: reg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); srv.Wait() })
 	<-srv.Ready()
+	return sock, ksPath, kekURI, reg
+}
+
+// A real sidecar under load with rotations every 150 ms and a mixed,
+// batched workload: zero errors, the rotations happened, the report is
+// complete, and the same-run floor gives a ratio.
+func TestRunAgainstSidecarWithRotations(t *testing.T) {
+	sock, ksPath, _, reg := testSidecar(t)
 	c, err := client.Dial(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +60,7 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 		Socket: sock, Clients: 4, Payload: 256, Duration: 700 * time.Millisecond,
 		Mix:         Mix{Encrypt: 2, Decrypt: 1, Rewrap: 1, Batch: 3},
 		RotateEvery: 150 * time.Millisecond, Rotate: FileRotation(ksPath, reg, c.API()),
-		Baseline: true,
+		Floor: true, Rounds: 2,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -65,8 +74,11 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 	if rep.Sidecar == nil || rep.Sidecar.PID != int32(os.Getpid()) || rep.Sidecar.RSSMaxKiB <= 0 {
 		t.Fatalf("sidecar process figures %+v", rep.Sidecar)
 	}
-	if len(rep.Timeline) < 5 || rep.Baseline == nil || rep.RatioToBaseline <= 0 {
-		t.Fatalf("timeline %d windows, baseline %+v, ratio %v", len(rep.Timeline), rep.Baseline, rep.RatioToBaseline)
+	if len(rep.Timeline) < 5 || rep.Floor == nil || rep.RatioToFloor <= 0 || rep.Floor.Calls < 100 || len(rep.Floor.Errors) != 0 {
+		t.Fatalf("timeline %d windows, floor %+v, ratio %v", len(rep.Timeline), rep.Floor, rep.RatioToFloor)
+	}
+	if rep.Rounds != 2 || rep.ItemsPerSec != 3*rep.CallsPerSec || rep.Floor.KeyshiftOver != rep.RatioToFloor {
+		t.Fatalf("rounds %d, items/s %v for %v calls/s, floor ratio %v vs %v", rep.Rounds, rep.ItemsPerSec, rep.CallsPerSec, rep.Floor.KeyshiftOver, rep.RatioToFloor)
 	}
 	st, _ := c.Status(context.Background())
 	if p := st.GetKeysets()[0].GetPrimary(); p < 3 {
@@ -74,21 +86,127 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 	}
 }
 
+// startFloor serves the floor in this process for a test.
+func testFloor(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "floor.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	wait, err := ServeFloor(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); wait() })
+	return path
+}
+
+// drive runs o against one target and returns its report.
+func drive(t *testing.T, o Options, tg *Target) *Report {
+	t.Helper()
+	o.Rounds = max(o.Rounds, 1)
+	o.Mix.Batch = max(o.Mix.Batch, 1)
+	if o.Window == 0 {
+		o.Window = 100 * time.Millisecond
+	}
+	r, err := newRunner(context.Background(), o, tg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	for round := range o.Rounds {
+		if err := r.round(context.Background(), round); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r.report()
+}
+
 func TestCountStopsTheRun(t *testing.T) {
-	dir, _ := os.MkdirTemp("", "kslt")
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "echo.sock")
-	stop, err := StartEcho(path, true)
+	tg, err := SocketTarget("floor", "", testFloor(t), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
-	rep, err := run(context.Background(), Options{Clients: 3, Payload: 64, Count: 500, Mix: Mix{Encrypt: 1}, Window: 100 * time.Millisecond}, path, true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := drive(t, Options{Clients: 3, Payload: 64, Count: 500, Mix: Mix{Encrypt: 1}}, tg)
 	if rep.Calls != 500 || len(rep.Errors) != 0 {
 		t.Fatalf("calls %d errors %v", rep.Calls, rep.Errors)
+	}
+}
+
+// The floor serves every RPC the sidecar serves, batch forms included,
+// with messages of the sidecar's sizes.
+func TestFloorServesEveryOp(t *testing.T) {
+	tg, err := SocketTarget("floor", "", testFloor(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tg.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, n := range []int{1, 5} {
+		pts := make([][]byte, n)
+		for i := range pts {
+			pts[i] = []byte("a plaintext of some length")
+		}
+		cts, err := c.Encrypt(context.Background(), pts)
+		if err != nil || len(cts) != n || len(cts[0]) != len(pts[0])+envelope.Overhead(len(floor.Keyset)) {
+			t.Fatalf("batch %d: %d ciphertexts of %d bytes, %v", n, len(cts), len(cts[0]), err)
+		}
+		if err := c.Decrypt(context.Background(), cts); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Rewrap(context.Background(), cts); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// stallConn answers at once except for one call that takes stall: the
+// shape of a GC pause or a lock held during a rotation.
+type stallConn struct {
+	calls atomic.Int64
+	at    int64
+	stall time.Duration
+}
+
+func (c *stallConn) Encrypt(ctx context.Context, pts [][]byte) ([][]byte, error) {
+	if c.calls.Add(1) == c.at {
+		time.Sleep(c.stall)
+	}
+	return pts, nil
+}
+func (c *stallConn) Decrypt(context.Context, [][]byte) error { return nil }
+func (c *stallConn) Rewrap(context.Context, [][]byte) error  { return ErrUnsupported }
+func (c *stallConn) Close() error                            { return nil }
+
+// At a fixed rate, a stall delays every call that was due during it; the
+// latency counted from each call's scheduled time shows that queue, the
+// latency from the actual send hides it (coordinated omission).
+func TestRateLatencyCountsFromTheScheduledTime(t *testing.T) {
+	sc := &stallConn{at: 50, stall: 300 * time.Millisecond}
+	tg := &Target{Name: "stall", Dial: func(context.Context) (Conn, error) { return sc, nil }}
+	rep := drive(t, Options{Clients: 1, Rate: 500, Duration: 1200 * time.Millisecond, Mix: Mix{Encrypt: 1}}, tg)
+	// 300 ms at 500/s is 150 calls due during the stall: about a quarter
+	// of the run's ~600 calls waited, the first of them ~300 ms.
+	if rep.Latency.P90 < 50_000 || rep.Latency.Max < 250_000 {
+		t.Fatalf("latency from the scheduled time %+v: the stall's queue is missing", rep.Latency)
+	}
+	if rep.ServiceLatency == nil || rep.ServiceLatency.P90 > 10_000 || rep.ServiceLatency.Max < 250_000 {
+		t.Fatalf("latency from the send %+v: want fast calls and one stall", rep.ServiceLatency)
+	}
+	if rep.Calls < 400 {
+		t.Fatalf("%d calls: the schedule did not catch up after the stall", rep.Calls)
+	}
+}
+
+func TestParsePeer(t *testing.T) {
+	if _, err := ParsePeer("consul=x"); err == nil || !strings.Contains(err.Error(), "vault") {
+		t.Fatalf("unknown peer: %v", err)
+	}
+	p, err := ParsePeer("vault=http://127.0.0.1:8200/transit/bench")
+	if err != nil || p.Kind != "vault" || p.Address != "http://127.0.0.1:8200/transit/bench" {
+		t.Fatalf("%+v %v", p, err)
 	}
 }
 
@@ -98,7 +216,7 @@ func TestPercentiles(t *testing.T) {
 		v[i] = float64(100 - i)
 	}
 	got := percentiles(v)
-	if got != (Latency{P50: 50, P90: 90, P99: 99, Max: 100}) {
+	if got != (Latency{P50: 50, P90: 90, P99: 99, P999: 100, Max: 100}) {
 		t.Fatalf("percentiles = %+v", got)
 	}
 }

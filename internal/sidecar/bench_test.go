@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,21 +14,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/keyshift/keyshift/internal/loadtest"
+	"github.com/keyshift/keyshift/internal/sidecar/floor"
 	v1 "github.com/keyshift/keyshift/sidecar/api/v1"
 )
 
-func startEcho(b *testing.B) string {
-	dir, err := os.MkdirTemp("", "ksecho")
+// startFloor serves the load tool's like-for-like floor (this package's
+// own server stack with no crypto behind it) in this process.
+func startFloor(b *testing.B) string {
+	path := filepath.Join(b.TempDir(), "floor.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	wait, err := ServeAPI(ctx, path, []uint32{uint32(os.Getuid())}, floor.New(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
-	stop, err := loadtest.StartEcho(filepath.Join(dir, "echo.sock"), false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { stop(); os.RemoveAll(dir) })
-	return filepath.Join(dir, "echo.sock")
+	b.Cleanup(func() { cancel(); wait() })
+	return path
 }
 
 func dialN(b *testing.B, path string, n int) []*grpc.ClientConn {
@@ -79,51 +80,49 @@ func drive(b *testing.B, clients int, conns []*grpc.ClientConn, op func(ctx cont
 }
 
 // BenchmarkSocket1KiB measures 1 KiB encrypt and decrypt through a real
-// sidecar over its Unix socket next to the bare echo baseline in the same
-// run. "echo-ratio" is the sidecar's throughput as a fraction of the
-// echo's (1.0 = no cost over the transport).
+// sidecar over its Unix socket next to the like-for-like floor in the same
+// run: the same server stack (listener, peer check, gRPC options,
+// interceptors) answering the same RPCs with messages of the same sizes
+// and no crypto. "floor-ratio" is the sidecar's throughput as a fraction
+// of the floor's for the same op (1.0 = the crypto costs nothing).
 func BenchmarkSocket1KiB(b *testing.B) {
 	payload := make([]byte, 1024)
 	_, _ = rand.Read(payload)
-	echoPath := startEcho(b)
+	floorPath := startFloor(b)
 	e := newEnv(b)
-	ct, err := e.client.Encrypt(context.Background(), payload, map[string]string{"tenant": "bench"})
+	ctx := map[string]string{"tenant": "bench"}
+	ct, err := e.client.Encrypt(context.Background(), payload, ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
+	encrypt := func(ctx context.Context, c *grpc.ClientConn) error {
+		_, err := v1.NewCryptoClient(c).Encrypt(ctx, &v1.EncryptRequest{Keyset: "payments", Plaintext: payload, Context: map[string]string{"tenant": "bench"}})
+		return err
+	}
+	decrypt := func(ctx context.Context, c *grpc.ClientConn) error {
+		_, err := v1.NewCryptoClient(c).Decrypt(ctx, &v1.DecryptRequest{Ciphertext: ct, Context: map[string]string{"tenant": "bench"}})
+		return err
+	}
 	for _, clients := range []int{1, 64} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			echoConns := dialN(b, echoPath, clients)
+			floorConns := dialN(b, floorPath, clients)
 			sideConns := dialN(b, e.cfg.Socket, clients)
-			var echoNs float64
-			b.Run("echo", func(b *testing.B) {
-				echoNs = drive(b, clients, echoConns, func(ctx context.Context, c *grpc.ClientConn) error {
-					out := new(v1.EncryptResponse)
-					return c.Invoke(ctx, loadtest.EchoMethod, &v1.EncryptRequest{Keyset: "payments", Plaintext: payload, Context: map[string]string{"tenant": "bench"}}, out)
-				})
-			})
-			b.Run("encrypt", func(b *testing.B) {
-				ns := drive(b, clients, sideConns, func(ctx context.Context, c *grpc.ClientConn) error {
-					_, err := v1.NewCryptoClient(c).Encrypt(ctx, &v1.EncryptRequest{Keyset: "payments", Plaintext: payload, Context: map[string]string{"tenant": "bench"}})
-					return err
-				})
-				reportRatio(b, echoNs, ns)
-			})
-			b.Run("decrypt", func(b *testing.B) {
-				ns := drive(b, clients, sideConns, func(ctx context.Context, c *grpc.ClientConn) error {
-					_, err := v1.NewCryptoClient(c).Decrypt(ctx, &v1.DecryptRequest{Ciphertext: ct, Context: map[string]string{"tenant": "bench"}})
-					return err
-				})
-				reportRatio(b, echoNs, ns)
-			})
+			for _, o := range []struct {
+				name string
+				op   func(context.Context, *grpc.ClientConn) error
+			}{{"encrypt", encrypt}, {"decrypt", decrypt}} {
+				var floorNs float64
+				b.Run("floor-"+o.name, func(b *testing.B) { floorNs = drive(b, clients, floorConns, o.op) })
+				b.Run(o.name, func(b *testing.B) { reportRatio(b, floorNs, drive(b, clients, sideConns, o.op)) })
+			}
 		})
 	}
 }
 
-// reportRatio reports throughput relative to the echo baseline measured in
-// the same run (skipped when the baseline was filtered out).
-func reportRatio(b *testing.B, echoNs, ns float64) {
-	if echoNs > 0 && ns > 0 {
-		b.ReportMetric(echoNs/ns, "echo-ratio")
+// reportRatio reports throughput relative to the floor measured in the
+// same run (none when the floor was filtered out).
+func reportRatio(b *testing.B, floorNs, ns float64) {
+	if floorNs > 0 && ns > 0 {
+		b.ReportMetric(floorNs/ns, "floor-ratio")
 	}
 }

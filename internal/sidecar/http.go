@@ -23,7 +23,7 @@ const MaxHTTPBody = 8 << 20
 // and languages without gRPC. Bodies are the protobuf messages in their
 // canonical JSON form (bytes as base64). Errors are
 // {"code": "InvalidArgument", "message": "..."} with a matching HTTP status.
-func httpAPI(api *grpcAPI, allow socket.Allowlist, m *Metrics) http.Handler {
+func httpAPI(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) http.Handler {
 	mux := http.NewServeMux()
 	handle := func(path string, newReq func() proto.Message, call func(context.Context, proto.Message) (proto.Message, error)) {
 		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
@@ -70,7 +70,12 @@ func httpAPI(api *grpcAPI, allow socket.Allowlist, m *Metrics) http.Handler {
 			return api.RewrapBatch(ctx, m.(*v1.RewrapBatchRequest))
 		})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, statusResponse(api.svc, api.lastErr))
+		resp, err := api.Status(r.Context(), &v1.StatusRequest{})
+		if err != nil {
+			writeHTTPError(w, status.Convert(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeHTTPError(w, status.New(codes.NotFound, "no such endpoint: "+r.Method+" "+r.URL.Path+" (see POST /v1/encrypt, /v1/decrypt, /v1/rewrap, /v1/batch/{encrypt,decrypt,rewrap}, GET /v1/status)"))

@@ -184,17 +184,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.opsL = metricsL
 	}
-	allow := socket.NewAllowlist(cfg.AllowedUIDs)
-	unary, stream := authorize(allow, s.metrics)
-	gs := grpc.NewServer(grpc.Creds(socket.Creds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
-		grpc.MaxRecvMsgSize(MaxHTTPBody), grpc.MaxSendMsgSize(MaxHTTPBody),
-		// Reuse handler goroutines: a fresh goroutine per call pays for
-		// stack growth through the crypto path (8% of CPU in profiles).
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))))
-	api := &grpcAPI{svc: s.svc, lastErr: s.lastError}
-	v1.RegisterCryptoServer(gs, api)
+	gs, hs := apiServers(&grpcAPI{svc: s.svc, lastErr: s.lastError}, socket.NewAllowlist(cfg.AllowedUIDs), s.metrics)
 	healthpb.RegisterHealthServer(gs, s.health)
-	hs := &http.Server{Handler: httpAPI(api, allow, s.metrics), ConnContext: socket.ConnContext, ReadHeaderTimeout: 10 * time.Second}
 	dm := socket.NewDemux(l, s.log)
 
 	// A part that stops on its own (not because ctx ended) stops the
@@ -249,6 +240,53 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// apiServers builds what serves the socket: gRPC with the sidecar's server
+// options and peer check, and the same API as HTTP/JSON.
+func apiServers(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) (*grpc.Server, *http.Server) {
+	unary, stream := authorize(allow, m)
+	gs := grpc.NewServer(grpc.Creds(socket.Creds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
+		grpc.MaxRecvMsgSize(MaxHTTPBody), grpc.MaxSendMsgSize(MaxHTTPBody),
+		// Reuse handler goroutines: a fresh goroutine per call pays for
+		// stack growth through the crypto path (8% of CPU in profiles).
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))))
+	v1.RegisterCryptoServer(gs, api)
+	hs := &http.Server{Handler: httpAPI(api, allow, m), ConnContext: socket.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	return gs, hs
+}
+
+// ServeAPI serves api on a Unix socket at path exactly as the sidecar
+// serves its own: the same listener and socket mode, the same peer check
+// (allowedUIDs, as --allowed-uids), the same gRPC server options and
+// interceptors, HTTP/JSON beside gRPC on one socket. The load tool serves
+// its floor (the API without the crypto) through it, so the floor differs
+// from the sidecar only by what the handlers do. It serves until ctx ends;
+// the returned wait blocks until everything has stopped.
+func ServeAPI(ctx context.Context, path string, allowedUIDs []uint32, api v1.CryptoServer, log *slog.Logger) (wait func(), err error) {
+	l, err := socket.Listen(path, 0o660)
+	if err != nil {
+		return nil, err
+	}
+	gs, hs := apiServers(api, socket.NewAllowlist(allowedUIDs), NewMetrics())
+	dm := socket.NewDemux(l, log)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); dm.Serve(ctx) }()
+	go func() { defer wg.Done(); _ = gs.Serve(dm.GRPC()) }()
+	go func() { defer wg.Done(); _ = hs.Serve(dm.HTTP()) }()
+	stopped := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		dm.Close()
+		socket.StopGRPC(gs, 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		wg.Wait()
+		close(stopped)
+	}()
+	return func() { <-stopped }, nil
 }
 
 // Run starts the sidecar and blocks until ctx is canceled.

@@ -9,7 +9,7 @@ export PATH := $(TOOLBIN):$(PATH)
 STATICCHECK_VERSION := 2026.1
 FUZZTIME ?= 8s
 # Fuzz targets as package:Target; each runs FUZZTIME in `make test`.
-FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse internal/sidecar:FuzzHTTPAPI internal/injector:FuzzParseAnnotations internal/injector:FuzzHandler
+FUZZ_TARGETS := internal/envelope:FuzzParse internal/keyset:FuzzParse internal/sidecar:FuzzHTTPAPI internal/injector:FuzzParseAnnotations internal/injector:FuzzHandler internal/injector:FuzzDiff
 
 .PHONY: test-servers all build figures soak e2e kube-binaries cluster cluster-down image demo test fuzz fuzz-save lint generate bench bench-once tools clean
 

@@ -210,8 +210,8 @@ if bench is None:
 else:
     if report["errors"]:
         failures.append(f"the bench reported errors: {report['errors']}")
-    want = int(duration_s // rotate_s) - 1  # the last tick may land on the end of the run
-    if report["rotations"] < max(want, 1 if rotate_s < duration_s else 0):
+    want = int(duration_s // rotate_s) - 1 if rotate_s > 0 else 0  # the last tick may land on the end of the run
+    if rotate_s > 0 and report["rotations"] < max(want, 1 if rotate_s < duration_s else 0):
         failures.append(f"only {report['rotations']} rotations in {duration_s:g}s at one per {rotate_s:g}s")
 if brc != 0:
     failures.append(f"the bench exited {brc}")

@@ -190,6 +190,9 @@ num = lambda v: int(v) if float(v).is_integer() else v
 report = {
     "duration_s": bench["elapsed_seconds"] if bench else None,
     "rate": rate,
+    "rotate_every": f"{rotate_s:g}s",
+    "measured_at": __import__("datetime").datetime.now(__import__("datetime").timezone.utc).strftime("%Y-%m-%d"),
+    "latency_us": bench.get("latency_us") if bench else None,
     "rotations": bench["rotations"] if bench else None,
     "calls": bench["calls"] if bench else None,
     "errors": (bench.get("errors_by_code") or {}) if bench else None,

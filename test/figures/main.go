@@ -360,6 +360,7 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 		if err := readJSON(soak, &s); err == nil {
 			fmt.Fprintf(&b, "| %s at %.0f calls/s, a rotation every %s | value |\n| --- | --- |\n", time.Duration(s.DurationS*float64(time.Second)).Round(time.Minute), s.Rate, s.RotateEvery)
 			fmt.Fprintf(&b, "| calls, rotations, errors | %s, %d, %v |\n", num(float64(s.Calls)), s.Rotations, s.Errors)
+			fmt.Fprintf(&b, "| latency from each call's scheduled time: p50 / p99 / p99.9 / max | %s / %s / %s / %s µs |\n", us(s.Latency.P50), us(s.Latency.P99), us(s.Latency.P999), us(s.Latency.Max))
 			for _, k := range []string{"rss_kib", "fds", "goroutines"} {
 				fmt.Fprintf(&b, "| %s: start / end / max; least-squares slope after warm-up | %.0f / %.0f / %.0f; **%+.1f per hour** |\n", k, s.Start[k], s.End[k], s.Max[k], s.Slopes[k])
 			}
@@ -384,6 +385,7 @@ type soakReport struct {
 	End         map[string]float64 `json:"end"`
 	Max         map[string]float64 `json:"max"`
 	When        string             `json:"measured_at"`
+	Latency     loadtest.Latency   `json:"latency_us"`
 }
 
 func label(target string) string {

@@ -88,13 +88,19 @@ func (m *Metrics) observe(op string, d time.Duration, err error) {
 	m.errors.WithLabelValues(op, cryptoapi.Reason(err)).Inc()
 }
 
-func (m *Metrics) item(op string, err error) {
-	if err == nil {
-		m.items.WithLabelValues(op, "ok").Inc()
-		return
+// batchItems counts a batch's items: the successes in one step, each
+// failure by its reason.
+func (m *Metrics) batchItems(op string, errs []error) {
+	ok := 0
+	for _, err := range errs {
+		if err == nil {
+			ok++
+			continue
+		}
+		m.items.WithLabelValues(op, "error").Inc()
+		m.errors.WithLabelValues(op, cryptoapi.Reason(err)).Inc()
 	}
-	m.items.WithLabelValues(op, "error").Inc()
-	m.errors.WithLabelValues(op, cryptoapi.Reason(err)).Inc()
+	m.items.WithLabelValues(op, "ok").Add(float64(ok))
 }
 
 func (m *Metrics) loaded(name string, s *ringSet) {

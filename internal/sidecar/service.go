@@ -49,48 +49,76 @@ func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c 
 	start := time.Now()
 	defer func() { s.observe("encrypt", start, err) }()
 	res, err = s.encrypt(name, plaintext, c)
-	s.recordSeal(callerUID(ctx), "encrypt", name, res, err)
+	t := s.tally(ctx)
+	t.seal("encrypt", name, res, err)
+	t.flush()
 	return res, err
 }
 
-// recordSeal counts an encrypt (the version it sealed under) or a rewrap
-// (the version it opened) in the usage records.
-func (s *Service) recordSeal(uid int64, op, name string, res cryptoapi.Sealed, err error) {
-	k := usageKey{peer: uid, keyset: res.Keyset, version: res.Version, op: op}
+// tally collects one call's usage records and hands them to the usage
+// table in runs of the same key and result, so a batch under one version
+// takes the table's lock once, not once per item.
+type tally struct {
+	u      *usage
+	uid    int64
+	k      usageKey
+	reason string
+	n      uint64
+}
+
+func (s *Service) tally(ctx context.Context) tally { return tally{u: s.usage, uid: callerUID(ctx)} }
+
+func (t *tally) add(k usageKey, reason string) {
+	if t.n > 0 && (k != t.k || reason != t.reason) {
+		t.flush()
+	}
+	t.k, t.reason = k, reason
+	t.n++
+}
+
+func (t *tally) flush() {
+	t.u.addN(t.k, t.reason, t.n)
+	t.n = 0
+}
+
+// seal counts an encrypt (the version it sealed under) or a rewrap (the
+// version it opened).
+func (t *tally) seal(op, name string, res cryptoapi.Sealed, err error) {
+	k := usageKey{peer: t.uid, keyset: res.Keyset, version: res.Version, op: op}
 	if op == "rewrap" {
 		k.version = res.FromVersion
 	}
 	if k.keyset == "" {
 		k.keyset = name
 	}
-	s.usage.add(k, cryptoapi.Reason(err))
+	t.add(k, cryptoapi.Reason(err))
 }
 
-// recordRewrap counts a rewrap by the version it opened, which a failed
-// one knows only from the ciphertext.
-func (s *Service) recordRewrap(uid int64, ciphertext []byte, res cryptoapi.Sealed, err error) {
+// rewrap counts a rewrap by the version it opened, which a failed one
+// knows only from the ciphertext.
+func (t *tally) rewrap(ciphertext []byte, res cryptoapi.Sealed, err error) {
 	if err != nil {
-		s.recordFailedOpen(uid, "rewrap", ciphertext, err)
+		t.failedOpen("rewrap", ciphertext, err)
 		return
 	}
-	s.recordSeal(uid, "rewrap", "", res, nil)
+	t.seal("rewrap", "", res, nil)
 }
 
-// recordDecrypt counts a decrypt by the version that opened it.
-func (s *Service) recordDecrypt(uid int64, ciphertext []byte, res cryptoapi.Opened, err error) {
+// decrypt counts a decrypt by the version that opened it.
+func (t *tally) decrypt(ciphertext []byte, res cryptoapi.Opened, err error) {
 	if err != nil {
-		s.recordFailedOpen(uid, "decrypt", ciphertext, err)
+		t.failedOpen("decrypt", ciphertext, err)
 		return
 	}
-	s.usage.add(usageKey{peer: uid, keyset: res.Keyset, version: res.Version, op: "decrypt"}, "")
+	t.add(usageKey{peer: t.uid, keyset: res.Keyset, version: res.Version, op: "decrypt"}, "")
 }
 
-// recordFailedOpen counts a failed decrypt or rewrap by the key version
-// its ciphertext names, as far as the header can be read: the header is
+// failedOpen counts a failed decrypt or rewrap by the key version its
+// ciphertext names, as far as the header can be read: the header is
 // parsed again only on failure, off the hot path.
-func (s *Service) recordFailedOpen(uid int64, op string, ciphertext []byte, err error) {
+func (t *tally) failedOpen(op string, ciphertext []byte, err error) {
 	ks, v := keyOf(ciphertext)
-	s.usage.add(usageKey{peer: uid, keyset: ks, version: v, op: op}, cryptoapi.Reason(err))
+	t.add(usageKey{peer: t.uid, keyset: ks, version: v, op: op}, cryptoapi.Reason(err))
 }
 
 func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error) {
@@ -128,7 +156,9 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
 	res, err = s.decrypt(ciphertext, c)
-	s.recordDecrypt(callerUID(ctx), ciphertext, res, err)
+	t := s.tally(ctx)
+	t.decrypt(ciphertext, res, err)
+	t.flush()
 	return res, err
 }
 
@@ -174,7 +204,9 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
 	res, err = s.rewrap(ciphertext, c)
-	s.recordRewrap(callerUID(ctx), ciphertext, res, err)
+	t := s.tally(ctx)
+	t.rewrap(ciphertext, res, err)
+	t.flush()
 	return res, err
 }
 
@@ -222,12 +254,13 @@ func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []
 		return nil, nil, err
 	}
 	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
-	uid := callerUID(ctx)
+	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
-		s.metrics.item("encrypt_batch", errs[i])
-		s.recordSeal(uid, "encrypt", it.Keyset, out[i], errs[i])
+		t.seal("encrypt", it.Keyset, out[i], errs[i])
 	}
+	t.flush()
+	s.metrics.batchItems("encrypt_batch", errs)
 	return out, errs, nil
 }
 
@@ -239,12 +272,13 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []c
 		return nil, nil, err
 	}
 	out, errs = make([]cryptoapi.Opened, len(items)), make([]error, len(items))
-	uid := callerUID(ctx)
+	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
-		s.metrics.item("decrypt_batch", errs[i])
-		s.recordDecrypt(uid, it.Ciphertext, out[i], errs[i])
+		t.decrypt(it.Ciphertext, out[i], errs[i])
 	}
+	t.flush()
+	s.metrics.batchItems("decrypt_batch", errs)
 	return out, errs, nil
 }
 
@@ -256,12 +290,13 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []cr
 		return nil, nil, err
 	}
 	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
-	uid := callerUID(ctx)
+	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
-		s.metrics.item("rewrap_batch", errs[i])
-		s.recordRewrap(uid, it.Ciphertext, out[i], errs[i])
+		t.rewrap(it.Ciphertext, out[i], errs[i])
 	}
+	t.flush()
+	s.metrics.batchItems("rewrap_batch", errs)
 	return out, errs, nil
 }
 

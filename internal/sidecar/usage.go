@@ -47,8 +47,12 @@ func newUsage(now time.Time) *usage {
 }
 
 // add counts one call; reason is "" for success.
-func (u *usage) add(k usageKey, reason string) {
-	if u == nil {
+func (u *usage) add(k usageKey, reason string) { u.addN(k, reason, 1) }
+
+// addN counts n calls with the same key and result at once (a batch's
+// items mostly share both).
+func (u *usage) addN(k usageKey, reason string, n uint64) {
+	if u == nil || n == 0 {
 		return
 	}
 	u.mu.Lock()
@@ -58,12 +62,12 @@ func (u *usage) add(k usageKey, reason string) {
 		u.m[k] = c
 	}
 	if reason == "" {
-		c.ok++
+		c.ok += n
 	} else {
 		if c.failed == nil {
 			c.failed = map[string]uint64{}
 		}
-		c.failed[reason]++
+		c.failed[reason] += n
 	}
 	u.mu.Unlock()
 }

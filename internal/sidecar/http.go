@@ -25,50 +25,12 @@ const MaxHTTPBody = 8 << 20
 // {"code": "InvalidArgument", "message": "..."} with a matching HTTP status.
 func httpAPI(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) http.Handler {
 	mux := http.NewServeMux()
-	handle := func(path string, newReq func() proto.Message, call func(context.Context, proto.Message) (proto.Message, error)) {
-		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
-			req := newReq()
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxHTTPBody))
-			if err != nil {
-				writeHTTPError(w, status.New(codes.InvalidArgument, "request body too large or unreadable"))
-				return
-			}
-			if err := (protojson.UnmarshalOptions{}).Unmarshal(body, req); err != nil {
-				writeHTTPError(w, status.New(codes.InvalidArgument, "request is not valid JSON for "+path+": "+err.Error()))
-				return
-			}
-			resp, err := call(r.Context(), req)
-			if err != nil {
-				writeHTTPError(w, status.Convert(err))
-				return
-			}
-			writeJSON(w, http.StatusOK, resp)
-		})
-	}
-	handle("/v1/encrypt", func() proto.Message { return &v1.EncryptRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.Encrypt(ctx, m.(*v1.EncryptRequest))
-		})
-	handle("/v1/decrypt", func() proto.Message { return &v1.DecryptRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.Decrypt(ctx, m.(*v1.DecryptRequest))
-		})
-	handle("/v1/rewrap", func() proto.Message { return &v1.RewrapRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.Rewrap(ctx, m.(*v1.RewrapRequest))
-		})
-	handle("/v1/batch/encrypt", func() proto.Message { return &v1.EncryptBatchRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.EncryptBatch(ctx, m.(*v1.EncryptBatchRequest))
-		})
-	handle("/v1/batch/decrypt", func() proto.Message { return &v1.DecryptBatchRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.DecryptBatch(ctx, m.(*v1.DecryptBatchRequest))
-		})
-	handle("/v1/batch/rewrap", func() proto.Message { return &v1.RewrapBatchRequest{} },
-		func(ctx context.Context, m proto.Message) (proto.Message, error) {
-			return api.RewrapBatch(ctx, m.(*v1.RewrapBatchRequest))
-		})
+	route(mux, "/v1/encrypt", api.Encrypt)
+	route(mux, "/v1/decrypt", api.Decrypt)
+	route(mux, "/v1/rewrap", api.Rewrap)
+	route(mux, "/v1/batch/encrypt", api.EncryptBatch)
+	route(mux, "/v1/batch/decrypt", api.DecryptBatch)
+	route(mux, "/v1/batch/rewrap", api.RewrapBatch)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		resp, err := api.Status(r.Context(), &v1.StatusRequest{})
 		if err != nil {
@@ -88,6 +50,32 @@ func httpAPI(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) http.Handl
 			return
 		}
 		mux.ServeHTTP(w, r)
+	})
+}
+
+// route serves POST path: the body is the request message in protobuf
+// JSON, the reply the response message or an error.
+func route[Req any, PReq interface {
+	*Req
+	proto.Message
+}, Resp proto.Message](mux *http.ServeMux, path string, call func(context.Context, PReq) (Resp, error)) {
+	mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+		req := PReq(new(Req))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxHTTPBody))
+		if err != nil {
+			writeHTTPError(w, status.New(codes.InvalidArgument, "request body too large or unreadable"))
+			return
+		}
+		if err := (protojson.UnmarshalOptions{}).Unmarshal(body, req); err != nil {
+			writeHTTPError(w, status.New(codes.InvalidArgument, "request is not valid JSON for "+path+": "+err.Error()))
+			return
+		}
+		resp, err := call(r.Context(), req)
+		if err != nil {
+			writeHTTPError(w, status.Convert(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
 	})
 }
 

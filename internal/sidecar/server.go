@@ -184,9 +184,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.opsL = metricsL
 	}
-	gs, hs := apiServers(&grpcAPI{svc: s.svc, lastErr: s.lastError}, socket.NewAllowlist(cfg.AllowedUIDs), s.metrics)
-	healthpb.RegisterHealthServer(gs, s.health)
-	dm := socket.NewDemux(l, s.log)
+	api := newAPISocket(l, &grpcAPI{svc: s.svc, lastErr: s.lastError}, socket.NewAllowlist(cfg.AllowedUIDs), s.metrics, s.log)
+	healthpb.RegisterHealthServer(api.gs, s.health)
 
 	// A part that stops on its own (not because ctx ended) stops the
 	// whole server, and Wait returns its error.
@@ -203,9 +202,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			}
 		}()
 	}
-	run("socket", func() error { dm.Serve(ctx); return nil })
-	run("gRPC API", func() error { return gs.Serve(dm.GRPC()) })
-	run("HTTP API", func() error { return hs.Serve(dm.HTTP()) })
+	api.serve(ctx, run)
 	var ms *http.Server
 	if metricsL != nil {
 		ms = &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -226,11 +223,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	go func() {
 		<-ctx.Done()
 		s.health.Shutdown()
-		dm.Close()
-		socket.StopGRPC(gs, 5*time.Second)
+		api.stop()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = hs.Shutdown(sctx)
 		if ms != nil {
 			_ = ms.Shutdown(sctx)
 		}
@@ -242,9 +237,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// apiServers builds what serves the socket: gRPC with the sidecar's server
-// options and peer check, and the same API as HTTP/JSON.
-func apiServers(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) (*grpc.Server, *http.Server) {
+// apiSocket is what serves the API socket: gRPC with the sidecar's
+// server options and peer check, and the same API as HTTP/JSON, behind one
+// demultiplexing listener.
+type apiSocket struct {
+	dm *socket.Demux
+	gs *grpc.Server
+	hs *http.Server
+}
+
+func newAPISocket(l *net.UnixListener, api v1.CryptoServer, allow socket.Allowlist, m *Metrics, log *slog.Logger) *apiSocket {
 	unary, stream := authorize(allow, m)
 	gs := grpc.NewServer(grpc.Creds(socket.Creds{}), grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
 		grpc.MaxRecvMsgSize(MaxHTTPBody), grpc.MaxSendMsgSize(MaxHTTPBody),
@@ -253,7 +255,23 @@ func apiServers(api v1.CryptoServer, allow socket.Allowlist, m *Metrics) (*grpc.
 		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))))
 	v1.RegisterCryptoServer(gs, api)
 	hs := &http.Server{Handler: httpAPI(api, allow, m), ConnContext: socket.ConnContext, ReadHeaderTimeout: 10 * time.Second}
-	return gs, hs
+	return &apiSocket{dm: socket.NewDemux(l, log), gs: gs, hs: hs}
+}
+
+// serve starts the three parts with run, which reports a part that stops.
+func (a *apiSocket) serve(ctx context.Context, run func(what string, f func() error)) {
+	run("socket", func() error { a.dm.Serve(ctx); return nil })
+	run("gRPC API", func() error { return a.gs.Serve(a.dm.GRPC()) })
+	run("HTTP API", func() error { return a.hs.Serve(a.dm.HTTP()) })
+}
+
+// stop closes the listener and lets calls in flight finish (5 s at most).
+func (a *apiSocket) stop() {
+	a.dm.Close()
+	socket.StopGRPC(a.gs, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = a.hs.Shutdown(ctx)
 }
 
 // ServeAPI serves api on a Unix socket at path exactly as the sidecar
@@ -268,24 +286,11 @@ func ServeAPI(ctx context.Context, path string, allowedUIDs []uint32, api v1.Cry
 	if err != nil {
 		return nil, err
 	}
-	gs, hs := apiServers(api, socket.NewAllowlist(allowedUIDs), NewMetrics())
-	dm := socket.NewDemux(l, log)
+	a := newAPISocket(l, api, socket.NewAllowlist(allowedUIDs), NewMetrics(), log)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); dm.Serve(ctx) }()
-	go func() { defer wg.Done(); _ = gs.Serve(dm.GRPC()) }()
-	go func() { defer wg.Done(); _ = hs.Serve(dm.HTTP()) }()
+	a.serve(ctx, func(_ string, f func() error) { wg.Add(1); go func() { defer wg.Done(); _ = f() }() })
 	stopped := make(chan struct{})
-	go func() {
-		<-ctx.Done()
-		dm.Close()
-		socket.StopGRPC(gs, 5*time.Second)
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-		wg.Wait()
-		close(stopped)
-	}()
+	go func() { <-ctx.Done(); a.stop(); wg.Wait(); close(stopped) }()
 	return func() { <-stopped }, nil
 }
 

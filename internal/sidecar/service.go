@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -50,7 +51,7 @@ func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c 
 	defer func() { s.observe("encrypt", start, err) }()
 	res, err = s.encrypt(name, plaintext, c)
 	t := s.tally(ctx)
-	t.seal("encrypt", name, res, err)
+	t.seal(name, res, err)
 	t.flush()
 	return res, err
 }
@@ -81,44 +82,20 @@ func (t *tally) flush() {
 	t.n = 0
 }
 
-// seal counts an encrypt (the version it sealed under) or a rewrap (the
-// version it opened).
-func (t *tally) seal(op, name string, res cryptoapi.Sealed, err error) {
-	k := usageKey{peer: t.uid, keyset: res.Keyset, version: res.Version, op: op}
-	if op == "rewrap" {
-		k.version = res.FromVersion
-	}
-	if k.keyset == "" {
-		k.keyset = name
-	}
+// seal counts an encrypt by the version it sealed under.
+func (t *tally) seal(name string, res cryptoapi.Sealed, err error) {
+	k := usageKey{peer: t.uid, keyset: cmp.Or(res.Keyset, name), version: res.Version, op: "encrypt"}
 	t.add(k, cryptoapi.Reason(err))
 }
 
-// rewrap counts a rewrap by the version it opened, which a failed one
-// knows only from the ciphertext.
-func (t *tally) rewrap(ciphertext []byte, res cryptoapi.Sealed, err error) {
+// open counts a decrypt or a rewrap by the version it opened, which a
+// failed one knows only from the ciphertext: the header is parsed again
+// only on failure, off the hot path.
+func (t *tally) open(op string, ciphertext []byte, keyset string, version uint32, err error) {
 	if err != nil {
-		t.failedOpen("rewrap", ciphertext, err)
-		return
+		keyset, version = keyOf(ciphertext)
 	}
-	t.seal("rewrap", "", res, nil)
-}
-
-// decrypt counts a decrypt by the version that opened it.
-func (t *tally) decrypt(ciphertext []byte, res cryptoapi.Opened, err error) {
-	if err != nil {
-		t.failedOpen("decrypt", ciphertext, err)
-		return
-	}
-	t.add(usageKey{peer: t.uid, keyset: res.Keyset, version: res.Version, op: "decrypt"}, "")
-}
-
-// failedOpen counts a failed decrypt or rewrap by the key version its
-// ciphertext names, as far as the header can be read: the header is
-// parsed again only on failure, off the hot path.
-func (t *tally) failedOpen(op string, ciphertext []byte, err error) {
-	ks, v := keyOf(ciphertext)
-	t.add(usageKey{peer: t.uid, keyset: ks, version: v, op: op}, cryptoapi.Reason(err))
+	t.add(usageKey{peer: t.uid, keyset: keyset, version: version, op: op}, cryptoapi.Reason(err))
 }
 
 func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error) {
@@ -157,7 +134,7 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 	defer func() { s.observe("decrypt", start, err) }()
 	res, err = s.decrypt(ciphertext, c)
 	t := s.tally(ctx)
-	t.decrypt(ciphertext, res, err)
+	t.open("decrypt", ciphertext, res.Keyset, res.Version, err)
 	t.flush()
 	return res, err
 }
@@ -205,7 +182,7 @@ func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]st
 	defer func() { s.observe("rewrap", start, err) }()
 	res, err = s.rewrap(ciphertext, c)
 	t := s.tally(ctx)
-	t.rewrap(ciphertext, res, err)
+	t.open("rewrap", ciphertext, res.Keyset, res.FromVersion, err)
 	t.flush()
 	return res, err
 }
@@ -257,7 +234,7 @@ func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []
 	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
-		t.seal("encrypt", it.Keyset, out[i], errs[i])
+		t.seal(it.Keyset, out[i], errs[i])
 	}
 	t.flush()
 	s.metrics.batchItems("encrypt_batch", errs)
@@ -275,7 +252,7 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []c
 	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
-		t.decrypt(it.Ciphertext, out[i], errs[i])
+		t.open("decrypt", it.Ciphertext, out[i].Keyset, out[i].Version, errs[i])
 	}
 	t.flush()
 	s.metrics.batchItems("decrypt_batch", errs)
@@ -293,7 +270,7 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []cr
 	t := s.tally(ctx)
 	for i, it := range items {
 		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
-		t.rewrap(it.Ciphertext, out[i], errs[i])
+		t.open("rewrap", it.Ciphertext, out[i].Keyset, out[i].FromVersion, errs[i])
 	}
 	t.flush()
 	s.metrics.batchItems("rewrap_batch", errs)

@@ -43,7 +43,7 @@ RUNTIME_IMAGE ?= scratch
 image:
 	$(CONTAINER_TOOL) build --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) -t $(IMAGE) .
 
-## figures: measure the README's footprint and throughput figures and draw docs/latency-rotations.png.
+## figures: measure every figure in the README, write its tables from the JSON measured and draw docs/latency-rotations.png (needs gnuplot).
 figures:
 	scripts/figures.sh
 
@@ -62,10 +62,11 @@ test: test-servers
 	$(GO) -C examples/app test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz
 
-## test-servers: build the real servers the tests start (Vault, local-kms) from the Go module proxy; skipped when cached.
+## test-servers: build the real servers the tests start (Vault, local-kms, daprd) from the Go module proxy; skipped when cached.
 test-servers:
 	@bash scripts/install-vault.sh
 	@bash scripts/install-local-kms.sh
+	@bash scripts/install-daprd.sh
 
 ## fuzz: run every fuzz target for FUZZTIME (make fuzz FUZZTIME=5m for a real session). Each target's
 ## whole output goes to FUZZLOG/<pkg>-<Target>.log; a failure prints that log whole and any new

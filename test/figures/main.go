@@ -257,19 +257,21 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 
 	// Peers.
 	b.WriteString(stamp)
-	b.WriteString("| items per call | system | items/s | keyshift / this | p50 µs | p99 µs | p99.9 µs | command |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-	for _, n := range []int{1, 100} {
-		name := fmt.Sprintf("peers-%d", n)
-		r, err := f.need(name)
+	b.WriteString("| op | items per call | system | items/s | keyshift / this | p50 µs | p99 µs | p99.9 µs | command |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	for _, fig := range []struct {
+		name, op string
+		n        int
+	}{{"peers-1", "encrypt", 1}, {"peers-100", "encrypt", 100}, {"peers-decrypt-1", "decrypt", 1}, {"peers-decrypt-100", "decrypt", 100}} {
+		r, err := f.need(fig.name)
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(&b, "| %d | keyshift | %s | | %s | %s | %s | %s |\n", n, num(r.ItemsPerSec), us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), f.cmd(name))
+		fmt.Fprintf(&b, "| %s | %d | keyshift | %s | | %s | %s | %s | %s |\n", fig.op, fig.n, num(r.ItemsPerSec), us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), f.cmd(fig.name))
 		for _, p := range append([]*loadtest.Report{r.Floor}, r.Peers...) {
 			if p == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %d | %s | %s | **%.2f** | %s | %s | %s | same |\n", n, label(p.Target), num(p.ItemsPerSec), p.KeyshiftOver, us(p.Latency.P50), us(p.Latency.P99), us(p.Latency.P999))
+			fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f** | %s | %s | %s | same |\n", fig.op, fig.n, label(p.Target), num(p.ItemsPerSec), p.KeyshiftOver, us(p.Latency.P50), us(p.Latency.P99), us(p.Latency.P999))
 		}
 	}
 	out["peers"] = b.String()

@@ -58,7 +58,7 @@ func ParsePeer(s string) (PeerSpec, error) {
 }
 
 // peerKinds are the --peer names; openPeer opens each.
-var peerKinds = []string{}
+var peerKinds = []string{"dapr"}
 
 // PeerKinds lists the --peer names.
 func PeerKinds() []string { return slices.Clone(peerKinds) }
@@ -66,6 +66,8 @@ func PeerKinds() []string { return slices.Clone(peerKinds) }
 // openPeer starts or connects to one peer for a run of o.
 func openPeer(ctx context.Context, p PeerSpec, o Options) (*Target, error) {
 	switch p.Kind {
+	case "dapr":
+		return openDapr(ctx, p, o)
 	default:
 		return nil, fmt.Errorf("loadtest: unknown peer %q", p.Kind)
 	}

@@ -58,7 +58,7 @@ func ParsePeer(s string) (PeerSpec, error) {
 }
 
 // peerKinds are the --peer names; openPeer opens each.
-var peerKinds = []string{"vault", "in-process", "cached-dek"}
+var peerKinds = []string{"vault", "dapr", "in-process", "cached-dek"}
 
 // PeerKinds lists the --peer names.
 func PeerKinds() []string { return slices.Clone(peerKinds) }
@@ -72,6 +72,8 @@ func openPeer(ctx context.Context, p PeerSpec, o Options) (*Target, error) {
 		return openInProcess(ctx, p, o)
 	case "cached-dek":
 		return openCachedDEK(ctx, p, o)
+	case "dapr":
+		return openDapr(ctx, p, o)
 	default:
 		return nil, fmt.Errorf("loadtest: unknown peer %q", p.Kind)
 	}

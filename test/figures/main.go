@@ -201,7 +201,7 @@ func (f *figures) cmd(name string) string { return "`" + f.cmds[name] + "`" }
 
 func num(v float64) string {
 	s := strconv.FormatFloat(v, 'f', 0, 64)
-	if len(s) <= 4 {
+	if len(s) <= 3 {
 		return s
 	}
 	var b strings.Builder
@@ -361,10 +361,14 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 		var s soakReport
 		if err := readJSON(soak, &s); err == nil {
 			fmt.Fprintf(&b, "| %s at %.0f calls/s, a rotation every %s | value |\n| --- | --- |\n", time.Duration(s.DurationS*float64(time.Second)).Round(time.Minute), s.Rate, s.RotateEvery)
-			fmt.Fprintf(&b, "| calls, rotations, errors | %s, %d, %v |\n", num(float64(s.Calls)), s.Rotations, s.Errors)
+			var errs int64
+			for _, n := range s.Errors {
+				errs += n
+			}
+			fmt.Fprintf(&b, "| calls, rotations, failed calls | %s, %d, %d |\n", num(float64(s.Calls)), s.Rotations, errs)
 			fmt.Fprintf(&b, "| latency from each call's scheduled time: p50 / p99 / p99.9 / max | %s / %s / %s / %s µs |\n", us(s.Latency.P50), us(s.Latency.P99), us(s.Latency.P999), us(s.Latency.Max))
 			for _, k := range []string{"rss_kib", "fds", "goroutines"} {
-				fmt.Fprintf(&b, "| %s: start / end / max; least-squares slope after warm-up | %.0f / %.0f / %.0f; **%+.1f per hour** |\n", k, s.Start[k], s.End[k], s.Max[k], s.Slopes[k])
+				fmt.Fprintf(&b, "| %s: start / end / max; least-squares slope after the warm-up | %s / %s / %s; **%+.1f per hour** |\n", soakLabel[k], num(s.Start[k]), num(s.End[k]), num(s.Max[k]), s.Slopes[k])
 			}
 			fmt.Fprintf(&b, "\nCommand: `make soak` (`scripts/soak.sh`, measured %s).\n", s.When)
 			out["soak"] = b.String()
@@ -374,6 +378,8 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 	}
 	return out, nil
 }
+
+var soakLabel = map[string]string{"rss_kib": "RSS (KiB)", "fds": "open FDs", "goroutines": "goroutines"}
 
 type soakReport struct {
 	DurationS   float64            `json:"duration_s"`

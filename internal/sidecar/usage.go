@@ -46,11 +46,8 @@ func newUsage(now time.Time) *usage {
 	return &usage{m: map[usageKey]*usageCount{}, since: now}
 }
 
-// add counts one call; reason is "" for success.
-func (u *usage) add(k usageKey, reason string) { u.addN(k, reason, 1) }
-
-// addN counts n calls with the same key and result at once (a batch's
-// items mostly share both).
+// addN counts n calls with the same key and result (reason "" for
+// success) at once: a batch's items mostly share both.
 func (u *usage) addN(k usageKey, reason string, n uint64) {
 	if u == nil || n == 0 {
 		return

@@ -104,24 +104,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 			return err
 		}
 	}
-	if n := totalErrors(rep); n > 0 {
+	if n := rep.Failed(); n > 0 {
 		return fmt.Errorf("%d calls failed", n)
 	}
 	return nil
-}
-
-// totalErrors counts failed calls against every target.
-func totalErrors(r *loadtest.Report) int64 {
-	var n int64
-	for _, rr := range append([]*loadtest.Report{r, r.Floor}, r.Peers...) {
-		if rr == nil {
-			continue
-		}
-		for _, v := range rr.Errors {
-			n += v
-		}
-	}
-	return n
 }
 
 func printReport(w io.Writer, r *loadtest.Report) {

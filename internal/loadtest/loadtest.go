@@ -134,6 +134,20 @@ type Report struct {
 	KeyshiftOver float64 `json:"keyshift_over_this,omitempty"`
 }
 
+// Failed counts the failed calls against every target of the run.
+func (r *Report) Failed() int64 {
+	var n int64
+	for _, rr := range append([]*Report{r, r.Floor}, r.Peers...) {
+		if rr == nil {
+			continue
+		}
+		for _, v := range rr.Errors {
+			n += v
+		}
+	}
+	return n
+}
+
 type sample struct {
 	at  time.Duration // since start, when the call was due
 	lat time.Duration // from due to done

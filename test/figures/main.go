@@ -169,23 +169,10 @@ func (f *figures) need(name string) (*loadtest.Report, error) {
 	if r == nil {
 		return nil, fmt.Errorf("figure %s was not measured", name)
 	}
-	if n := errorsOf(r); n > 0 {
+	if n := r.Failed(); n > 0 {
 		return nil, fmt.Errorf("figure %s: %d calls failed (%v)", name, n, r.Errors)
 	}
 	return r, nil
-}
-
-func errorsOf(r *loadtest.Report) int64 {
-	var n int64
-	for _, rr := range append([]*loadtest.Report{r, r.Floor}, r.Peers...) {
-		if rr == nil {
-			continue
-		}
-		for _, v := range rr.Errors {
-			n += v
-		}
-	}
-	return n
 }
 
 func peer(r *loadtest.Report, name string) *loadtest.Report {
@@ -304,7 +291,7 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 		return nil, err
 	}
 	b.WriteString("| at 4,000 calls/s, 8 clients, a two-phase rotation every 3 s | value |\n| --- | --- |\n")
-	fmt.Fprintf(&b, "| calls, rotations, errors | %s calls, %d rotations, %d errors |\n", num(float64(r.Calls)), r.Rotations, errorsOf(r))
+	fmt.Fprintf(&b, "| calls, rotations, errors | %s calls, %d rotations, %d errors |\n", num(float64(r.Calls)), r.Rotations, r.Failed())
 	fmt.Fprintf(&b, "| latency from each call's scheduled time (corrected): p50 / p99 / p99.9 / max | %s / %s / %s / %s µs |\n", us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), us(r.Latency.Max))
 	if s := r.ServiceLatency; s != nil {
 		fmt.Fprintf(&b, "| the same from the actual send (hides queueing): p50 / p99 / p99.9 | %s / %s / %s µs |\n", us(s.P50), us(s.P99), us(s.P999))
@@ -481,8 +468,8 @@ func checkReadme(path string, f *figures) error {
 	ran := map[string]bool{}
 	for name, c := range f.cmds {
 		ran[c] = true
-		if r := f.reports[name]; r != nil && errorsOf(r) > 0 {
-			return fmt.Errorf("%s: %d calls failed", c, errorsOf(r))
+		if r := f.reports[name]; r != nil && r.Failed() > 0 {
+			return fmt.Errorf("%s: %d calls failed", c, r.Failed())
 		}
 	}
 	var problems []string

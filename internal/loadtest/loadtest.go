@@ -132,6 +132,11 @@ type Report struct {
 	// KeyshiftOver, on a peer's report, is the sidecar's ItemsPerSec over
 	// this peer's, in the same run.
 	KeyshiftOver float64 `json:"keyshift_over_this,omitempty"`
+	// RoundItemsPerSec is ItemsPerSec in each round, in order.
+	RoundItemsPerSec []float64 `json:"round_items_per_second,omitempty"`
+	// KeyshiftOverByRound, on a peer's report, is KeyshiftOver for each
+	// round alone: its spread is how far one figure can be trusted.
+	KeyshiftOverByRound []float64 `json:"keyshift_over_this_by_round,omitempty"`
 }
 
 // Failed counts the failed calls against every target of the run.
@@ -224,6 +229,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		pr.Timeline = nil
 		if pr.ItemsPerSec > 0 {
 			pr.KeyshiftOver = rep.ItemsPerSec / pr.ItemsPerSec
+		}
+		for i, ips := range pr.RoundItemsPerSec {
+			if ips > 0 && i < len(rep.RoundItemsPerSec) {
+				pr.KeyshiftOverByRound = append(pr.KeyshiftOverByRound, rep.RoundItemsPerSec[i]/ips)
+			}
 		}
 		if r.t.Name == "floor" {
 			rep.Floor = pr
@@ -376,6 +386,7 @@ func (r *runner) round(ctx context.Context, n int) error {
 	}
 	r.samples = append(r.samples, all...)
 	r.offset += elapsed
+	r.rep.RoundItemsPerSec = append(r.rep.RoundItemsPerSec, float64(len(all))*float64(o.Mix.Batch)/elapsed.Seconds())
 	return nil
 }
 

@@ -77,6 +77,9 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 	if len(rep.Timeline) < 5 || rep.Floor == nil || rep.RatioToFloor <= 0 || rep.Floor.Calls < 100 || len(rep.Floor.Errors) != 0 {
 		t.Fatalf("timeline %d windows, floor %+v, ratio %v", len(rep.Timeline), rep.Floor, rep.RatioToFloor)
 	}
+	if len(rep.RoundItemsPerSec) != 2 || len(rep.Floor.KeyshiftOverByRound) != 2 || rep.Floor.KeyshiftOverByRound[1] != rep.RoundItemsPerSec[1]/rep.Floor.RoundItemsPerSec[1] {
+		t.Fatalf("by round: %v, floor %v, ratios %v", rep.RoundItemsPerSec, rep.Floor.RoundItemsPerSec, rep.Floor.KeyshiftOverByRound)
+	}
 	if rep.Rounds != 2 || rep.ItemsPerSec != 3*rep.CallsPerSec || rep.Floor.KeyshiftOver != rep.RatioToFloor {
 		t.Fatalf("rounds %d, items/s %v for %v calls/s, floor ratio %v vs %v", rep.Rounds, rep.ItemsPerSec, rep.CallsPerSec, rep.Floor.KeyshiftOver, rep.RatioToFloor)
 	}

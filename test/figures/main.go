@@ -226,7 +226,7 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 			if r.Floor == nil {
 				return nil, fmt.Errorf("figure %s has no floor", name)
 			}
-			fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f** | %s / %s | %s / %s | %s |\n", op, n, num(r.ItemsPerSec), num(r.Floor.ItemsPerSec), r.RatioToFloor,
+			fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f**%s | %s / %s | %s / %s | %s |\n", op, n, num(r.ItemsPerSec), num(r.Floor.ItemsPerSec), r.RatioToFloor, spread(r.Floor),
 				us(r.Latency.P50), us(r.Latency.P99), us(r.Floor.Latency.P50), us(r.Floor.Latency.P99), f.cmd(name))
 		}
 	}
@@ -258,7 +258,7 @@ func (f *figures) tables(soak string) (map[string]string, error) {
 			if p == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f** | %s | %s | %s | same |\n", fig.op, fig.n, label(p.Target), num(p.ItemsPerSec), p.KeyshiftOver, us(p.Latency.P50), us(p.Latency.P99), us(p.Latency.P999))
+			fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f**%s | %s | %s | %s | same |\n", fig.op, fig.n, label(p.Target), num(p.ItemsPerSec), p.KeyshiftOver, spread(p), us(p.Latency.P50), us(p.Latency.P99), us(p.Latency.P999))
 		}
 	}
 	out["peers"] = b.String()
@@ -381,6 +381,14 @@ type soakReport struct {
 	Max         map[string]float64 `json:"max"`
 	When        string             `json:"measured_at"`
 	Latency     loadtest.Latency   `json:"latency_us"`
+}
+
+// spread is the range of a ratio over the rounds of its run.
+func spread(p *loadtest.Report) string {
+	if len(p.KeyshiftOverByRound) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.2f-%.2f)", slices.Min(p.KeyshiftOverByRound), slices.Max(p.KeyshiftOverByRound))
 }
 
 func label(target string) string {

@@ -25,7 +25,8 @@ type Binary struct {
 	What string
 	// BinEnv overrides the path ("KEYSHIFT_VAULT_BIN").
 	BinEnv string
-	// SkipEnv, set to 1, skips the test instead ("KEYSHIFT_SKIP_VAULT").
+	// SkipEnv, set to 1, skips the test instead ("KEYSHIFT_SKIP_VAULT");
+	// empty offers no way to skip.
 	SkipEnv string
 	// Install is how to build it, from the repository root.
 	Install string
@@ -34,7 +35,7 @@ type Binary struct {
 // Find returns the binary's path, or skips (SkipEnv=1) or fails the test.
 func (b Binary) Find(t testing.TB) string {
 	t.Helper()
-	if os.Getenv(b.SkipEnv) == "1" {
+	if b.SkipEnv != "" && os.Getenv(b.SkipEnv) == "1" {
 		t.Skipf("%s=1: skipping tests against a real %s", b.SkipEnv, b.What)
 	}
 	bin := os.Getenv(b.BinEnv)
@@ -46,8 +47,12 @@ func (b Binary) Find(t testing.TB) string {
 		bin = filepath.Join(home, ".cache", "keyshift", "bin", b.Name)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s binary %s not found (%v): run %s from the repository root, or set %s, or %s=1 to skip",
-			b.What, bin, err, b.Install, b.BinEnv, b.SkipEnv)
+		skip := ""
+		if b.SkipEnv != "" {
+			skip = ", or " + b.SkipEnv + "=1 to skip"
+		}
+		t.Fatalf("%s binary %s not found (%v): run %s from the repository root, or set %s%s",
+			b.What, bin, err, b.Install, b.BinEnv, skip)
 	}
 	return bin
 }

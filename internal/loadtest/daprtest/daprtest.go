@@ -74,18 +74,8 @@ func Args(resDir, sockDir string) []string {
 // $HOME/.cache/keyshift/bin/daprd. A missing binary fails the test.
 func Binary(t testing.TB) string {
 	t.Helper()
-	bin := os.Getenv("KEYSHIFT_DAPRD_BIN")
-	if bin == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatalf("daprd missing: no home directory to find it in (%v): run scripts/install-daprd.sh", err)
-		}
-		bin = filepath.Join(home, ".cache", "keyshift", "bin", "daprd")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("daprd missing: run scripts/install-daprd.sh from the repository root (or set KEYSHIFT_DAPRD_BIN): %v", err)
-	}
-	return bin
+	return testbin.Binary{Name: "daprd", What: "daprd (Dapr sidecar)", BinEnv: "KEYSHIFT_DAPRD_BIN",
+		Install: "scripts/install-daprd.sh"}.Find(t)
 }
 
 // Start runs daprd until the test ends and returns the load tool's peer

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
 	"strings"
 
@@ -62,14 +61,8 @@ func openDapr(_ context.Context, p PeerSpec, _ Options) (*Target, error) {
 	}
 	var pid int32
 	if path, ok := strings.CutPrefix(cfg.target, "unix://"); ok {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("loadtest: dapr: %w", err)
-		}
-		pid, err = ucredPID(c.(*net.UnixConn))
-		c.Close()
-		if err != nil {
-			return nil, fmt.Errorf("loadtest: dapr: peer credentials of %s: %w", path, err)
+		if pid, err = peerPID(path); err != nil {
+			return nil, fmt.Errorf("dapr: %w", err)
 		}
 	}
 	enc := &daprpb.EncryptRequestOptions{

@@ -216,9 +216,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		defer runs[i].close()
 	}
-	for round := range o.Rounds {
+	for range o.Rounds {
 		for _, r := range runs {
-			if err := r.round(ctx, round); err != nil {
+			if err := r.round(ctx); err != nil {
 				return nil, fmt.Errorf("loadtest: %s: %w", r.t.Name, err)
 			}
 		}
@@ -236,8 +236,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 		if r.t.Name == "floor" {
-			rep.Floor = pr
-			rep.RatioToFloor = rep.ItemsPerSec / max(pr.ItemsPerSec, 1e-9)
+			rep.Floor, rep.RatioToFloor = pr, pr.KeyshiftOver
 			continue
 		}
 		rep.Peers = append(rep.Peers, pr)
@@ -286,7 +285,7 @@ func (r *runner) close() {
 }
 
 // round runs the load once for Duration (or Count calls).
-func (r *runner) round(ctx context.Context, n int) error {
+func (r *runner) round(ctx context.Context) error {
 	o := r.o
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -116,8 +116,8 @@ func drive(t *testing.T, o Options, tg *Target) *Report {
 		t.Fatal(err)
 	}
 	defer r.close()
-	for round := range o.Rounds {
-		if err := r.round(context.Background(), round); err != nil {
+	for range o.Rounds {
+		if err := r.round(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}

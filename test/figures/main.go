@@ -84,7 +84,8 @@ type metric struct {
 	unit  string
 }
 
-var benchRE = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+(.*)$`)
+// benchRE splits a result line: the name without its -GOMAXPROCS suffix, then the metrics.
+var benchRE = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
 
 func load(dir string) (*figures, error) {
 	f := &figures{cmds: map[string]string{}, reports: map[string]*loadtest.Report{}, benches: map[string][]benchLine{}, extra: map[string]map[string]float64{}}
@@ -146,7 +147,7 @@ func readBench(path string) ([]benchLine, error) {
 		if m == nil {
 			continue
 		}
-		bl := benchLine{name: regexp.MustCompile(`-\d+$`).ReplaceAllString(m[1], "")}
+		bl := benchLine{name: m[1]}
 		f := strings.Fields(m[2])
 		for i := 0; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)

@@ -90,8 +90,7 @@ func BenchmarkSocket1KiB(b *testing.B) {
 	_, _ = rand.Read(payload)
 	floorPath := startFloor(b)
 	e := newEnv(b)
-	ctx := map[string]string{"tenant": "bench"}
-	ct, err := e.client.Encrypt(context.Background(), payload, ctx)
+	ct, err := e.client.Encrypt(context.Background(), payload, map[string]string{"tenant": "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -90,7 +90,7 @@ sleep 0.5
 fig() {
   local name=$1 cmd=$2 run=$2
   if $short; then
-    run=$(sed -E 's/--duration [0-9.]+[a-z]+/--duration 300ms/; s/--rounds [0-9]+/--rounds 1/' <<<"$cmd")
+    run="$(sed -E 's/--duration [0-9.]+[a-z]+/--duration 300ms/; s/--rounds [0-9]+/--rounds 1/' <<<"$cmd") --warmup 100ms"
   fi
   printf '%s\n' "$cmd" >"$OUT/$name.cmd"
   echo "figures: $name: $cmd" >&2

@@ -70,6 +70,11 @@ type Options struct {
 	// Duration (or Count) per round, and merges the rounds (1 when zero):
 	// drift on a busy machine then falls on every target alike.
 	Rounds int
+	// Warmup runs each target this long, unmeasured and without
+	// rotations, before the measured rounds, so no target pays for the
+	// load tool's own start (connections, heap growth) or for being
+	// first. 0: none.
+	Warmup time.Duration
 	// KMS opens the KMS URIs peers name (in-process envelope, cached data key).
 	KMS kms.Registry
 }
@@ -216,10 +221,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		defer runs[i].close()
 	}
-	for range o.Rounds {
+	if o.Warmup > 0 {
 		for _, r := range runs {
-			if err := r.round(ctx); err != nil {
-				return nil, fmt.Errorf("loadtest: %s: %w", r.t.Name, err)
+			if err := r.warm(ctx, o.Warmup); err != nil {
+				return nil, fmt.Errorf("loadtest: %s: warm-up: %w", r.t.Name, err)
+			}
+		}
+	}
+	for _, order := range schedule(len(runs), o.Rounds) {
+		for _, i := range order {
+			if err := runs[i].round(ctx); err != nil {
+				return nil, fmt.Errorf("loadtest: %s: %w", runs[i].t.Name, err)
 			}
 		}
 	}
@@ -242,6 +254,34 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Peers = append(rep.Peers, pr)
 	}
 	return rep, nil
+}
+
+// schedule is the order of the targets in each round: round k starts with
+// target k (mod n) and goes on in turn, so over n rounds each target runs
+// once in every position, first after the previous round's last target
+// included, and none always follows the same neighbour's load.
+func schedule(n, rounds int) [][]int {
+	out := make([][]int, rounds)
+	for k := range out {
+		for j := range n {
+			out[k] = append(out[k], (k+j)%n)
+		}
+	}
+	return out
+}
+
+// warm runs the load for d and keeps nothing of it but its errors: any
+// failed call fails the run, as it would have failed the measurement.
+func (r *runner) warm(ctx context.Context, d time.Duration) error {
+	w := &runner{o: r.o, t: r.t, conns: r.conns, ops: r.ops, errors: map[string]int64{}}
+	w.o.Duration, w.o.Count, w.o.Progress = d, 0, nil
+	if err := w.round(ctx); err != nil {
+		return err
+	}
+	if len(w.errors) > 0 {
+		return fmt.Errorf("%d calls failed: %v", len(w.errors), w.errors)
+	}
+	return nil
 }
 
 // runner holds one target's connections and what its rounds measured.

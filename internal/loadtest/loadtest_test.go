@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/keyshift/keyshift/internal/envelope"
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
@@ -223,3 +227,76 @@ func TestPercentiles(t *testing.T) {
 		t.Fatalf("percentiles = %+v", got)
 	}
 }
+
+func TestScheduleRotatesTheFirstTarget(t *testing.T) {
+	got := schedule(3, 4)
+	want := [][]int{{0, 1, 2}, {1, 2, 0}, {2, 0, 1}, {0, 1, 2}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("schedule(3, 4) (-want +got):\n%s", diff)
+	}
+}
+
+// countConn counts the calls it answers.
+type countConn struct{ calls atomic.Int64 }
+
+func (c *countConn) Encrypt(_ context.Context, pts [][]byte) ([][]byte, error) {
+	c.calls.Add(1)
+	return pts, nil
+}
+func (c *countConn) Decrypt(context.Context, [][]byte) error { c.calls.Add(1); return nil }
+func (c *countConn) Rewrap(context.Context, [][]byte) error  { return ErrUnsupported }
+func (c *countConn) Close() error                            { return nil }
+
+// The warm-up's calls reach the target but not the report.
+func TestWarmupIsNotMeasured(t *testing.T) {
+	cc := &countConn{}
+	tg := &Target{Name: "count", Dial: func(context.Context) (Conn, error) { return cc, nil }}
+	o := Options{Clients: 2, Count: 300, Rounds: 1, Mix: Mix{Encrypt: 1, Batch: 1}, Window: 100 * time.Millisecond}
+	r, err := newRunner(context.Background(), o, tg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	setup := cc.calls.Load()
+	if err := r.warm(context.Background(), 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	warm := cc.calls.Load() - setup
+	if warm == 0 {
+		t.Fatal("the warm-up made no calls")
+	}
+	if err := r.round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rep := r.report()
+	if rep.Calls != 300 || len(rep.RoundItemsPerSec) != 1 {
+		t.Fatalf("report counts %d calls in %d rounds, want the 300 measured in 1 (the warm-up made %d)", rep.Calls, len(rep.RoundItemsPerSec), warm)
+	}
+	if got := cc.calls.Load() - setup; got != warm+300 {
+		t.Fatalf("target answered %d calls, want %d warm-up + 300", got, warm)
+	}
+}
+
+// A call that fails during the warm-up fails the run.
+func TestWarmupFailureFailsTheRun(t *testing.T) {
+	tg := &Target{Name: "refuse", Dial: func(context.Context) (Conn, error) { return refuseConn{}, nil }}
+	r := &runner{o: Options{Clients: 1, Mix: Mix{Batch: 1}, Window: 100 * time.Millisecond}, t: tg, errors: map[string]int64{}}
+	c, _ := tg.Dial(context.Background())
+	r.conns = []Conn{c}
+	r.ops = []op{func(ctx context.Context, c Conn) error { _, err := c.Encrypt(ctx, [][]byte{nil}); return err }}
+	if err := r.warm(context.Background(), 30*time.Millisecond); err == nil || !strings.Contains(err.Error(), "calls failed") {
+		t.Fatalf("warm-up against a refusing target: %v, want a failure", err)
+	}
+}
+
+// refuseConn refuses every call, as a peer without the caller's rights.
+type refuseConn struct{}
+
+func (refuseConn) Encrypt(context.Context, [][]byte) ([][]byte, error) {
+	return nil, status.Error(codes.PermissionDenied, "no")
+}
+func (refuseConn) Decrypt(context.Context, [][]byte) error {
+	return status.Error(codes.PermissionDenied, "no")
+}
+func (refuseConn) Rewrap(context.Context, [][]byte) error { return ErrUnsupported }
+func (refuseConn) Close() error                           { return nil }

@@ -194,7 +194,7 @@ function reply(status, raw) {
     parsed = undefined;
   }
   if (status === 200) {
-    if (parsed === null || typeof parsed !== 'object') throw new KeyshiftError('Internal', "the sidecar's reply is not a JSON object", { httpStatus: status });
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new KeyshiftError('Internal', "the sidecar's reply is not a JSON object", { httpStatus: status });
     return parsed;
   }
   if (parsed && typeof parsed.code === 'string') {

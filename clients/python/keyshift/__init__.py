@@ -317,7 +317,14 @@ class Client:
                 if self._conn is None:
                     self._conn = _UnixHTTPConnection(self.socket_path, self.timeout)
                 try:
-                    self._conn.request(method, path, body=data, headers=headers)
+                    try:
+                        self._conn.request(method, path, body=data, headers=headers)
+                    except (BrokenPipeError, ConnectionResetError):
+                        # The sidecar may answer and close before reading all
+                        # of a large body (a refusal, a body over its limit):
+                        # its reply is still there to read. If it is not,
+                        # getresponse fails and that is the error.
+                        pass
                     resp = self._conn.getresponse()
                     raw = resp.read()
                     if resp.will_close:

@@ -444,10 +444,34 @@ public final class KeyshiftClient implements AutoCloseable {
                 h.append("Content-Type: application/json\r\nContent-Length: ").append(body.length).append("\r\n");
             }
             h.append("\r\n");
-            write(ByteBuffer.wrap(h.toString().getBytes(StandardCharsets.US_ASCII)), deadline);
-            if (body != null) {
-                write(ByteBuffer.wrap(body), deadline);
+            IOException sendFailed = null;
+            try {
+                write(ByteBuffer.wrap(h.toString().getBytes(StandardCharsets.US_ASCII)), deadline);
+                if (body != null) {
+                    write(ByteBuffer.wrap(body), deadline);
+                }
+            } catch (Timeout e) {
+                throw e;
+            } catch (IOException e) {
+                // The sidecar may answer and close before reading all of a
+                // large body (a refusal, a body over its limit): its reply
+                // is still there to read.
+                sendFailed = e;
             }
+            try {
+                return readReply(deadline);
+            } catch (Timeout e) {
+                throw e;
+            } catch (IOException e) {
+                if (sendFailed != null) {
+                    sendFailed.addSuppressed(e);
+                    throw sendFailed;
+                }
+                throw e;
+            }
+        }
+
+        private Reply readReply(long deadline) throws IOException {
             String statusLine = line(deadline);
             // HTTP/1.1 200 OK
             String[] parts = statusLine.split(" ", 3);

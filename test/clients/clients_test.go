@@ -278,12 +278,6 @@ type example struct {
 	stderr *syncBuffer
 }
 
-func startExample(t *testing.T, l lang, sock string, args ...string) *example {
-	t.Helper()
-	argv := append(l.example(t), args...)
-	return start(t, l, sock, argv)
-}
-
 func start(t *testing.T, l lang, sock string, argv []string) *example {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -368,11 +362,13 @@ func TestExampleThroughRotation(t *testing.T) {
 	for _, l := range langs {
 		t.Run(l.name, func(t *testing.T) {
 			t.Parallel()
+			argv := l.example(t) // a missing tool fails before anything starts
 			s := startSidecar(t)
 			s.waitPrimary(t, 1)
-			start := time.Now()
-			e := startExample(t, l, s.sock, "roundtrip", "--rounds", strconv.Itoa(rounds), "--want-versions", "2", "--pause-ms", "5", "--timeout-s", "90")
+			began := time.Now()
+			e := start(t, l, s.sock, append(argv, "roundtrip", "--rounds", strconv.Itoa(rounds), "--want-versions", "2", "--pause-ms", "5", "--timeout-s", "90"))
 			var before []string
+			reached := false
 			for line := range e.lines {
 				before = append(before, line)
 				var p struct {
@@ -387,12 +383,17 @@ func TestExampleThroughRotation(t *testing.T) {
 					t.Fatalf("before the rotation: versions %v", p.Versions)
 				}
 				if p.Round >= rotateAfter {
+					reached = true
 					break
 				}
 			}
+			if !reached {
+				_, code := e.finish(t)
+				t.Fatalf("the example stopped (exit %d) before round %d; output %q; stderr:\n%s", code, rotateAfter, before, e.stderr)
+			}
 			s.rotate(t, 2)
 			lines, code := e.finish(t)
-			t.Logf("%s: %d progress lines before the rotation, %d after, %v in all", l.name, len(before), len(lines)-1, time.Since(start).Round(time.Millisecond))
+			t.Logf("%s: %d progress lines before the rotation, %d after, %v in all", l.name, len(before), len(lines)-1, time.Since(began).Round(time.Millisecond))
 			if len(lines) == 0 {
 				t.Fatalf("no output after the rotation (exit %d); stderr:\n%s", code, e.stderr)
 			}
@@ -431,9 +432,9 @@ type errCase struct {
 	HTTPStatus *int   `json:"http_status"`
 }
 
-func runErrors(t *testing.T, l lang, sock string, args ...string) map[string]errCase {
+func runErrors(t *testing.T, l lang, argv []string, sock string, args ...string) map[string]errCase {
 	t.Helper()
-	e := startExample(t, l, sock, append([]string{"errors"}, args...)...)
+	e := start(t, l, sock, append(append(argv, "errors"), args...))
 	lines, code := e.finish(t)
 	if code != 0 || len(lines) != 1 {
 		t.Fatalf("errors: exit %d, output %q; stderr:\n%s", code, lines, e.stderr)
@@ -458,6 +459,7 @@ func TestErrorMapping(t *testing.T) {
 	for _, l := range langs {
 		t.Run(l.name, func(t *testing.T) {
 			t.Parallel()
+			argv := l.example(t)
 			s := startSidecar(t)
 			s.waitPrimary(t, 1)
 			// A record sealed under v1, which is then rotated out and revoked.
@@ -481,7 +483,7 @@ func TestErrorMapping(t *testing.T) {
 				return false
 			})
 
-			got := runErrors(t, l, s.sock, "--old-ciphertext", base64.StdEncoding.EncodeToString(old.GetCiphertext()))
+			got := runErrors(t, l, argv, s.sock, "--old-ciphertext", base64.StdEncoding.EncodeToString(old.GetCiphertext()))
 			missing := s.sock + ".missing"
 			ns := got["no_socket"]
 			prefix, suffix := "cannot reach the keyshift sidecar at "+missing+": ", " (is the sidecar running? $KEYSHIFT_SOCKET names its socket)"
@@ -518,11 +520,12 @@ func TestPermissionDenied(t *testing.T) {
 	for _, l := range langs {
 		t.Run(l.name, func(t *testing.T) {
 			t.Parallel()
+			argv := l.example(t)
 			s := startSidecar(t, "--allowed-uids", other)
 			s.waitFor(t, "PermissionDenied for this UID", func(_ *v1.StatusResponse, err error) bool {
 				return status.Code(err) == codes.PermissionDenied
 			})
-			got := runErrors(t, l, s.sock)
+			got := runErrors(t, l, argv, s.sock)
 			denied := errCase{"PermissionDenied", fmt.Sprintf("sidecar: peer uid %d is not allowed (add it to --allowed-uids or the keyshift.io/allowed-uids annotation)", os.Getuid()), httpStatus(403)}
 			for name, c := range got {
 				if name == "no_socket" {
@@ -545,9 +548,10 @@ func TestClientUnitTests(t *testing.T) {
 	for _, l := range langs {
 		t.Run(l.name, func(t *testing.T) {
 			t.Parallel()
+			argv := l.unit(t)
 			s := startSidecar(t)
 			s.waitPrimary(t, 1)
-			e := start(t, l, s.sock, l.unit(t))
+			e := start(t, l, s.sock, argv)
 			lines, code := e.finish(t)
 			out := strings.Join(lines, "\n") + "\n" + e.stderr.String()
 			if code != 0 {

@@ -34,13 +34,15 @@ import (
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 
-var update = flag.Bool("update", false, "rewrite prometheus/keyshift-prometheusrule.yaml from prometheus/keyshift-rules.yaml")
+var update = flag.Bool("update", false, "rewrite ops/prometheus/keyshift-prometheusrule.yaml from ops/prometheus/keyshift-rules.yaml")
 
+// The files checked, in ops/ at the repository root.
 const (
-	rulesFile     = "prometheus/keyshift-rules.yaml"
-	rulesTestFile = "prometheus/keyshift-rules.test.yaml"
-	ruleCRFile    = "prometheus/keyshift-prometheusrule.yaml"
-	dashboardFile = "grafana/keyshift.json"
+	opsDir        = "../../ops"
+	rulesFile     = opsDir + "/prometheus/keyshift-rules.yaml"
+	rulesTestFile = opsDir + "/prometheus/keyshift-rules.test.yaml"
+	ruleCRFile    = opsDir + "/prometheus/keyshift-prometheusrule.yaml"
+	dashboardFile = opsDir + "/grafana/keyshift.json"
 )
 
 // promtool finds the promtool that scripts/promtool-build.sh builds; the
@@ -72,9 +74,9 @@ func TestRulesCheck(t *testing.T) {
 }
 
 // Every alert fires on the series of its failure, and not on the healthy
-// ones beside them (prometheus/keyshift-rules.test.yaml).
+// ones beside them (ops/prometheus/keyshift-rules.test.yaml).
 func TestRulesUnitTests(t *testing.T) {
-	out := runPromtool(t, "prometheus", "test", "rules", filepath.Base(rulesTestFile))
+	out := runPromtool(t, filepath.Dir(rulesTestFile), "test", "rules", filepath.Base(rulesTestFile))
 	if !strings.Contains(out, "SUCCESS") {
 		t.Fatalf("promtool test rules:\n%s", out)
 	}
@@ -117,7 +119,7 @@ func prometheusRule(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	head := "# Generated from keyshift-rules.yaml by `go test ./ops -run TestPrometheusRule -update`; do not edit.\n" +
+	head := "# Generated from keyshift-rules.yaml by `go test ./test/ops -run TestPrometheusRule -update`; do not edit.\n" +
 		"# A PrometheusRule for the Prometheus Operator: kubectl apply -n NAMESPACE -f this file, and\n" +
 		"# give it the labels your Prometheus's ruleSelector picks.\n"
 	return append([]byte(head), b...)
@@ -137,7 +139,7 @@ func TestPrometheusRuleMatchesRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Fatalf("%s is not generated from %s (go test ./ops -run TestPrometheusRule -update) (-want +got):\n%s", ruleCRFile, rulesFile, diff)
+		t.Fatalf("%s is not generated from %s (go test ./test/ops -run TestPrometheusRule -update) (-want +got):\n%s", ruleCRFile, rulesFile, diff)
 	}
 	// And the groups read back from it equal the rules file's.
 	var cr struct {

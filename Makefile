@@ -67,6 +67,7 @@ test-servers:
 	@bash scripts/install-vault.sh
 	@bash scripts/install-local-kms.sh
 	@bash scripts/install-daprd.sh
+	@bash scripts/promtool-build.sh
 
 ## fuzz: run every fuzz target for FUZZTIME (make fuzz FUZZTIME=5m for a real session). Each target's
 ## whole output goes to FUZZLOG/<pkg>-<Target>.log; a failure prints that log whole and any new

@@ -652,6 +652,7 @@ func (e *Engine) emit(key string, rec audit.Record, trail *audit.Trail, warning 
 func (e *Engine) checkTrail(key string, sealed audit.Record, t audit.Trail) {
 	if err := e.AuditKey.VerifyTrail(sealed.Keyset, t); err != nil {
 		e.Log.Error("the keyset's stored audit trail does not verify: investigate (keyshift audit verify)", "keyset", sealed.Keyset, "err", err)
+		e.Metrics.auditFailure(sealed.Keyset, auditBroken)
 		if e.Event != nil {
 			e.Event(sealed.Keyset, true, "audit-trail-broken", err.Error())
 		}
@@ -663,6 +664,7 @@ func (e *Engine) checkTrail(key string, sealed audit.Record, t audit.Trail) {
 	}
 	if prev, ok := e.auditSeq[key]; ok && sealed.Seq <= prev {
 		e.Log.Error("the keyset's audit chain went back: it was rolled back or replaced since this controller stored a later record", "keyset", sealed.Keyset, "seq", sealed.Seq, "stored_before", prev)
+		e.Metrics.auditFailure(sealed.Keyset, auditRolledBack)
 	}
 	e.auditSeq[key] = sealed.Seq
 }

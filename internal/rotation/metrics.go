@@ -11,19 +11,31 @@ import (
 // Metrics are the controller's series. A nil *Metrics records nothing.
 type Metrics struct {
 	keyAge   *prometheus.GaugeVec
+	period   *prometheus.GaugeVec
 	versions *prometheus.GaugeVec
 	pendAcks *prometheus.GaugeVec
 	readers  *prometheus.GaugeVec
 	ready    *prometheus.GaugeVec
 	failures *prometheus.CounterVec
 	steps    *prometheus.CounterVec
+	audit    *prometheus.CounterVec
 }
+
+// Audit failure kinds, the "kind" label of
+// keyshift_controller_audit_failures_total.
+const (
+	auditBroken     = "broken"      // the stored trail does not verify
+	auditRolledBack = "rolled_back" // the chain's head went back behind a record this controller stored
+)
 
 // NewMetrics registers the controller's series on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		keyAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "keyshift_controller_primary_age_seconds", Help: "Age of each keyset's primary version since promotion.",
+		}, []string{"keyset"}),
+		period: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keyshift_controller_rotation_period_seconds", Help: "Each keyset's rotation period (0: no scheduled rotation), to compare with keyshift_controller_primary_age_seconds.",
 		}, []string{"keyset"}),
 		versions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "keyshift_controller_versions", Help: "Versions per keyset and state.",
@@ -43,8 +55,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyshift_controller_steps_total", Help: "Completed lifecycle steps by keyset and action.",
 		}, []string{"keyset", "action"}),
+		audit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyshift_controller_audit_failures_total", Help: "Audit chains found damaged, by keyset and kind (broken: the stored trail does not verify; rolled_back: the chain went back).",
+		}, []string{"keyset", "kind"}),
 	}
-	reg.MustRegister(m.keyAge, m.versions, m.pendAcks, m.readers, m.ready, m.failures, m.steps)
+	reg.MustRegister(m.keyAge, m.period, m.versions, m.pendAcks, m.readers, m.ready, m.failures, m.steps, m.audit)
 	return m
 }
 
@@ -58,6 +73,14 @@ func (m *Metrics) observe(label string, ks *keyset.Keyset, now time.Time) {
 		since = *p.PromotedAt
 	}
 	m.keyAge.WithLabelValues(label).Set(now.Sub(since).Seconds())
+	var period time.Duration
+	if ks.Policy != nil {
+		period = time.Duration(ks.Policy.RotationPeriod)
+	}
+	m.period.WithLabelValues(label).Set(period.Seconds())
+	// Both kinds start at 0, so an alert on increase() sees the first one.
+	m.audit.WithLabelValues(label, auditBroken)
+	m.audit.WithLabelValues(label, auditRolledBack)
 	counts := map[keyset.State]float64{keyset.StatePending: 0, keyset.StatePrimary: 0, keyset.StateDecryptOnly: 0, keyset.StateRevoked: 0, keyset.StateDisabled: 0, keyset.StateDestroyed: 0}
 	for _, v := range ks.Versions {
 		counts[v.State]++
@@ -94,5 +117,11 @@ func (m *Metrics) failure(name, step, reason string) {
 func (m *Metrics) step(name, action string) {
 	if m != nil {
 		m.steps.WithLabelValues(name, action).Inc()
+	}
+}
+
+func (m *Metrics) auditFailure(name, kind string) {
+	if m != nil {
+		m.audit.WithLabelValues(name, kind).Inc()
 	}
 }

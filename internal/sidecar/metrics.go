@@ -78,6 +78,20 @@ func NewMetrics() *Metrics {
 	return m
 }
 
+// readiness registers keyshift_ready, what /readyz says as a series: 1
+// when every configured keyset is loaded, else 0. Alerts read it where
+// the kubelet's probe result is not scraped.
+func (m *Metrics) readiness(ready func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyshift_ready", Help: "1 when every configured keyset is loaded (what /readyz reports), else 0.",
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 func (m *Metrics) observe(op string, d time.Duration, err error) {
 	m.durations[op].Observe(d.Seconds())
 	if err == nil {

@@ -169,6 +169,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ready: make(chan struct{}), done: make(chan struct{}),
 	}
 	s.svc = newService(s.ring, names, s.metrics, cfg.Logger)
+	s.metrics.readiness(s.svc.Ready)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.health.SetServingStatus(v1.Crypto_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 

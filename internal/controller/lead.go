@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyshift/keyshift/internal/rotation"
@@ -33,6 +34,8 @@ type leadTerm struct {
 	pod      *kube.LeaderPod // nil outside a cluster
 	interval time.Duration
 	log      *slog.Logger
+	// acting is true while the engine runs in this term (GET /v1/status).
+	acting *atomic.Bool
 }
 
 // run leads until ctx ends.
@@ -50,7 +53,9 @@ func (t leadTerm) run(ctx context.Context) {
 	if t.pod != nil {
 		wg.Go(func() { t.pod.Hold(ctx) })
 	}
+	t.acting.Store(true)
 	t.eng.Run(ctx, t.interval, wake)
+	t.acting.Store(false)
 	wg.Wait()
 }
 

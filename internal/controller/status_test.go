@@ -57,7 +57,7 @@ func TestStatusEndpoint(t *testing.T) {
 	if _, err := c.Engine().Rotate(ctx, "orders", "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Engine().ReconcileAll(ctx); err != nil {
+	if _, err := c.Engine().Reconcile(ctx, "orders"); err != nil {
 		t.Fatal(err)
 	}
 	want := clusterstatus.ControllerStatus{Identity: "ctl-a", Leading: true, Keysets: []rotation.KeysetState{

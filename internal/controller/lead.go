@@ -34,7 +34,8 @@ type leadTerm struct {
 	pod      *kube.LeaderPod // nil outside a cluster
 	interval time.Duration
 	log      *slog.Logger
-	// acting is true while the engine runs in this term (GET /v1/status).
+	// acting, when set, is true while the engine runs in this term
+	// (GET /v1/status).
 	acting *atomic.Bool
 }
 
@@ -53,9 +54,11 @@ func (t leadTerm) run(ctx context.Context) {
 	if t.pod != nil {
 		wg.Go(func() { t.pod.Hold(ctx) })
 	}
-	t.acting.Store(true)
+	if t.acting != nil {
+		t.acting.Store(true)
+		defer t.acting.Store(false)
+	}
 	t.eng.Run(ctx, t.interval, wake)
-	t.acting.Store(false)
 	wg.Wait()
 }
 

@@ -18,6 +18,7 @@ all: build
 build:
 	$(GO) build -o bin/keyshift ./cmd/keyshift
 	$(GO) build -o bin/keyshift-sidecar ./cmd/keyshift-sidecar
+	$(GO) build -o bin/kubectl-keyshift ./cmd/kubectl-keyshift
 
 ## e2e: the end-to-end tests: the injector and controller against a real API server, and the whole system on a real one-node cluster (root; builds what is missing first).
 e2e:

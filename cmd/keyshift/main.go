@@ -29,7 +29,7 @@ func commands() []command {
 		{"encrypt", "encrypt stdin through the sidecar; prints base64 ciphertext", runEncrypt},
 		{"decrypt", "decrypt a base64 ciphertext from stdin through the sidecar", runDecrypt},
 		{"rewrap", "re-seal a base64 ciphertext from stdin under the primary version", runRewrap},
-		{"status", "show the sidecar's keysets and versions", runStatus},
+		{"status", "show the sidecar's keysets and versions; --cluster: every keyset's rotation in the cluster", runStatusCommand},
 		{"keyset", "create|rotate|promote|retire|show a keyset file or Secret", runKeyset},
 		{"controller", "rotate keysets on schedule and push them to sidecars over xDS", runController},
 		{"injector", "serve the mutating admission webhook that injects the sidecar", runInjector},

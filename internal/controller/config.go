@@ -113,7 +113,8 @@ type Config struct {
 	// never).
 	DecryptFailureSpike uint64
 
-	// MetricsAddr serves /healthz and /metrics ("" disables).
+	// MetricsAddr serves /healthz, /metrics and the read-only /v1/status
+	// ("" disables).
 	MetricsAddr string
 
 	// LeaderElect, with Kube, holds a Lease so only one replica acts.

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/keyshift/keyshift/internal/clusterstatus"
 	"github.com/keyshift/keyshift/internal/keyusage"
 	"github.com/keyshift/keyshift/internal/rotation"
 	"github.com/keyshift/keyshift/internal/rotation/kube"
@@ -39,8 +41,11 @@ type Controller struct {
 	log  *slog.Logger
 	eng  *rotation.Engine
 	term leadTerm
-	xds  *xds.Server // nil without xDS
-	reg  *prometheus.Registry
+	// acting: this replica runs the rotation engine (it leads, or Lead
+	// was called on a Manual one).
+	acting atomic.Bool
+	xds    *xds.Server // nil without xDS
+	reg    *prometheus.Registry
 
 	xdsL, metricsL net.Listener
 
@@ -116,7 +121,7 @@ func Start(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	eng.AuditKey, eng.Audit = auditKey, trail
 
-	c.term = leadTerm{eng: eng, interval: cfg.Interval, log: log}
+	c.term = leadTerm{eng: eng, interval: cfg.Interval, log: log, acting: &c.acting}
 	var g *grpc.Server
 	if cfg.XDSAddr != "" {
 		var access *xds.Access
@@ -177,6 +182,7 @@ func Start(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 		mux.Handle("GET /metrics", promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET "+clusterstatus.ControllerPath, c.serveStatus)
 		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		if c.metricsL, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			return nil, fmt.Errorf("controller: metrics listener: %w", err)
@@ -315,6 +321,7 @@ func (c *Controller) Lead(ctx context.Context) error {
 	if c.xds != nil {
 		c.xds.SetActive(true)
 	}
+	c.acting.Store(true)
 	return nil
 }
 
@@ -324,4 +331,5 @@ func (c *Controller) StepDown() {
 	if c.xds != nil {
 		c.xds.SetActive(false)
 	}
+	c.acting.Store(false)
 }

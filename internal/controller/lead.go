@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyshift/keyshift/internal/rotation"
@@ -33,6 +34,9 @@ type leadTerm struct {
 	pod      *kube.LeaderPod // nil outside a cluster
 	interval time.Duration
 	log      *slog.Logger
+	// acting, when set, is true while the engine runs in this term
+	// (GET /v1/status).
+	acting *atomic.Bool
 }
 
 // run leads until ctx ends.
@@ -49,6 +53,10 @@ func (t leadTerm) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	if t.pod != nil {
 		wg.Go(func() { t.pod.Hold(ctx) })
+	}
+	if t.acting != nil {
+		t.acting.Store(true)
+		defer t.acting.Store(false)
 	}
 	t.eng.Run(ctx, t.interval, wake)
 	wg.Wait()

@@ -135,6 +135,8 @@ type Engine struct {
 	reported   map[string]string // key -> the failure or block last audited
 	auditSeq   map[string]uint64 // key -> the newest record this engine stored
 	lastStatus map[string]string
+	states     map[string]KeysetState     // key -> the latest Reconcile, for States
+	pend       map[string]*PendingReaders // key -> the count stepPending found in the Reconcile under way
 	wrappers   *kms.Cache
 	wake       time.Time // a pass a waiting step needs before the interval ends
 }
@@ -179,6 +181,7 @@ func (e *Engine) Reconcile(ctx context.Context, key string) (Outcome, error) {
 		e.clearReported(key) // the failure or block is over: audit the next one
 	}
 	e.publishStatus(ctx, key, out)
+	e.record(key, out, err)
 	return out, err
 }
 
@@ -345,7 +348,9 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 	if e.Dist != nil {
 		st := e.Dist.Status(e.scope(key), ks.Name, p)
 		if len(st.NACKs) > 0 {
-			e.Metrics.pending(e.label(key, ks), readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, slices.Sorted(maps.Keys(st.NACKs)))})
+			rc := readerCount{total: len(st.Subscribers), have: len(st.Acked), waiting: slices.Concat(st.Waiting, slices.Sorted(maps.Keys(st.NACKs)))}
+			e.Metrics.pending(e.label(key, ks), rc)
+			e.notePending(key, p, rc, st.NACKs)
 			nodes := make([]string, 0, len(st.NACKs))
 			for n, r := range st.NACKs {
 				nodes = append(nodes, n+": "+r)
@@ -363,6 +368,7 @@ func (e *Engine) stepPending(ctx context.Context, key string, ks *keyset.Keyset,
 		}
 		rc := countReaders(expected, st, e.fileTrusted(v.CreatedAt, now))
 		e.Metrics.pending(e.label(key, ks), rc)
+		e.notePending(key, p, rc, nil)
 		noun := "sidecars"
 		if e.Readers != nil {
 			noun = "pods"
@@ -704,6 +710,7 @@ func (e *Engine) ReconcileAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	e.forgetExcept(keys)
 	var errs []error
 	for _, key := range keys {
 		for range 10 { // bound the steps per pass

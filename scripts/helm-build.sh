@@ -47,7 +47,7 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 
 echo "== building helm $HELM_VERSION (Kubernetes 1.$client_go capabilities)"
-GOBIN="$work/bin" $NICE $GO install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+GOBIN="$work/bin" $NICE $GO install -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 mv "$work/bin/helm" "$KEYSHIFT_BIN/helm"
 echo "$HELM_VERSION" > "$STAMP"
 "$KEYSHIFT_BIN/helm" version --short

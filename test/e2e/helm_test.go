@@ -65,13 +65,26 @@ func helmTemplate(t *testing.T, helm, values string) ([]byte, error) {
 	t.Helper()
 	args := []string{"template", "keyshift", chartDir}
 	if values != "" {
-		f := filepath.Join(t.TempDir(), "values.yaml")
-		if err := os.WriteFile(f, []byte(values), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--values", f)
+		args = append(args, "--values", valuesFile(t, values))
 	}
 	return helmRun(t, helm, args...)
+}
+
+// valuesFile writes values to a file for --values, whose path has no
+// comma (Helm splits --values at commas, and t.TempDir holds the test's
+// name).
+func valuesFile(t *testing.T, values string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "keyshift-helm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(f, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // objectID names an object the way kubectl does, with its API version.
@@ -210,6 +223,27 @@ func editContainer(t *testing.T, objs map[string]map[string]any, id string, valu
 	}
 }
 
+// envByName sorts every Deployment container's env by name. Env is a list
+// keyed by name (a strategic merge key): kustomize's patches move the
+// entries they change to the front, which means nothing here, since no
+// value refers to another with $(NAME).
+func envByName(objs map[string]map[string]any) map[string]map[string]any {
+	for _, o := range objs {
+		cs, _, _ := unstructured.NestedSlice(o, "spec", "template", "spec", "containers")
+		for _, c := range cs {
+			if env, ok := c.(map[string]any)["env"].([]any); ok {
+				slices.SortStableFunc(env, func(a, b any) int {
+					return strings.Compare(a.(map[string]any)["name"].(string), b.(map[string]any)["name"].(string))
+				})
+			}
+		}
+		if len(cs) > 0 {
+			_ = unstructured.SetNestedSlice(o, cs, "spec", "template", "spec", "containers")
+		}
+	}
+	return objs
+}
+
 // injectorEnv is the injector's env in self mode with this sidecar image.
 func injectorEnv(sidecarImage string) []any {
 	return []any{
@@ -241,11 +275,7 @@ func containerArgs(t *testing.T, objs map[string]map[string]any, id string) []st
 func TestHelmChart(t *testing.T) {
 	helm := helmBinary(t)
 	for _, values := range []string{"", "certificate:\n  mode: cert-manager\n"} {
-		f := filepath.Join(t.TempDir(), "values.yaml")
-		if err := os.WriteFile(f, []byte(values), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		out, err := helmRun(t, helm, "lint", "--strict", chartDir, "--values", f)
+		out, err := helmRun(t, helm, "lint", "--strict", chartDir, "--values", valuesFile(t, values))
 		if err != nil {
 			t.Fatalf("helm lint with values %q: %v\n%s", values, err, out)
 		}
@@ -260,11 +290,11 @@ func TestHelmChart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return byID(t, withoutHelmLabels(t, decodeYAMLStream(t, out)))
+		return envByName(byID(t, withoutHelmLabels(t, decodeYAMLStream(t, out))))
 	}
 	kustomized := func(t *testing.T, components ...string) map[string]map[string]any {
 		t.Helper()
-		return byID(t, decodeYAMLStream(t, kustomizeWith(t, components...)))
+		return envByName(byID(t, decodeYAMLStream(t, kustomizeWith(t, components...))))
 	}
 	for _, tc := range []struct {
 		name   string
@@ -283,6 +313,7 @@ injector:
   resources: {requests: {cpu: 100m}}
 controller:
   replicas: 1
+  resources: {limits: {memory: null}}
 webhook:
   namespaceSelector:
     matchLabels: {team: payments}
@@ -293,13 +324,17 @@ webhook:
 			const image = "registry.example/keyshift:v9.9.9"
 			edit(t, w, injectorDeploy, 3, "spec", "replicas")
 			edit(t, w, controllerDeploy, 1, "spec", "replicas")
+			editContainer(t, w, controllerDeploy, map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"},
+				"limits": map[string]any{}}, "resources")
 			// One controller replica: no budget, which would block every drain.
 			delete(w, "policy/v1 PodDisruptionBudget keyshift-system/keyshift-controller")
 			for _, d := range []string{injectorDeploy, controllerDeploy} {
 				editContainer(t, w, d, image, "image")
 				editContainer(t, w, d, "Always", "imagePullPolicy")
 			}
-			editContainer(t, w, injectorDeploy, map[string]any{"requests": map[string]any{"cpu": "100m"}}, "resources")
+			// Helm merges maps: the limit and the memory request stay.
+			editContainer(t, w, injectorDeploy, map[string]any{"requests": map[string]any{"cpu": "100m", "memory": "64Mi"},
+				"limits": map[string]any{"memory": "128Mi"}}, "resources")
 			editContainer(t, w, injectorDeploy, injectorEnv(image), "env")
 			hooks, _, _ := unstructured.NestedSlice(w[webhookConfig], "webhooks")
 			hooks[0].(map[string]any)["namespaceSelector"] = map[string]any{
@@ -385,7 +420,7 @@ injector:
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			want, got := tc.want(t), render(t, tc.values)
+			want, got := envByName(tc.want(t)), render(t, tc.values)
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("helm template (+) against what it should render (-):\n%s", diff)
 			}

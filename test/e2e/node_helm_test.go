@@ -42,8 +42,8 @@ func (n *node) helmInstalled(ctx context.Context) {
 		if err != nil {
 			n.t.Fatal(err)
 		}
-		if d.Labels["app.kubernetes.io/managed-by"] != "Helm" || d.Status.ReadyReplicas != 1 {
-			n.t.Fatalf("deployment %s: labels %v, %d ready replicas; want Helm's, 1", name, d.Labels, d.Status.ReadyReplicas)
+		if d.Labels["app.kubernetes.io/managed-by"] != "Helm" || d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Status.ReadyReplicas < 1 {
+			n.t.Fatalf("deployment %s: labels %v, replicas %v, %d ready; want Helm's, 1, 1", name, d.Labels, d.Spec.Replicas, d.Status.ReadyReplicas)
 		}
 	}
 	mwc, err := n.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "keyshift-injector", metav1.GetOptions{})

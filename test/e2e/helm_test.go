@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
 	"github.com/keyshift/keyshift/internal/injector/injectortest"
@@ -454,7 +456,13 @@ func TestHelmChartAgainstRealAPIServer(t *testing.T) {
 	helm := helmBinary(t)
 	ctx := context.Background()
 	c := startCluster(t)
-	dyn, err := dynamic.NewForConfig(c.rest)
+	// The API server's warnings, e.g. a pod template that would violate
+	// the namespace's restricted Pod Security level (a warning, not an
+	// error, for a Deployment).
+	warnings := &warningList{}
+	cfg := rest.CopyConfig(c.rest)
+	cfg.WarningHandler = warnings
+	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,6 +524,13 @@ func TestHelmChartAgainstRealAPIServer(t *testing.T) {
 					t.Errorf("dry run of %s answered with %s (uid %q)", objectID(u), objectID(got), got.GetUID())
 				}
 			}
+			for _, w := range warnings.take() {
+				if strings.Contains(w, "PodSecurity") {
+					t.Errorf("the API server warned: %s", w)
+				} else {
+					t.Logf("the API server warned: %s", w)
+				}
+			}
 			// The dry run created nothing.
 			if _, err := dyn.Resource(webhookResource).Get(ctx, "keyshift-injector", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				t.Errorf("after the dry run, the webhook configuration: %v, want NotFound", err)
@@ -539,4 +554,24 @@ func TestHelmChartAgainstRealAPIServer(t *testing.T) {
 			t.Fatalf("dry run of a webhook with failurePolicy Sometimes: %v, want Invalid naming failurePolicy", err)
 		}
 	}
+}
+
+// warningList collects the API server's warning headers.
+type warningList struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (w *warningList) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, text)
+}
+
+func (w *warningList) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.list
+	w.list = nil
+	return out
 }

@@ -353,6 +353,8 @@ func TestNode(t *testing.T) {
 		{"sidecar killed", n.sidecarKilled},
 		{"KMS stopped for 60s", n.kmsStopped},
 		{"injector down", n.injectorDown},
+		// Last: the second install path, Helm, once the kustomize one passed.
+		{"installed with Helm", n.helmInstalled},
 	} {
 		if !t.Run(step.name, func(t *testing.T) { n.t = t; defer func() { n.t = parent }(); step.run(ctx) }) {
 			break

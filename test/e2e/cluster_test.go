@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/keyshift/keyshift/internal/injector/injectortest"
@@ -152,6 +153,7 @@ func waitHTTP(t *testing.T, p *process, client *http.Client, url string, timeout
 // cluster is a running etcd + kube-apiserver and an admin client config.
 type cluster struct {
 	rest      *rest.Config
+	kube      *kubernetes.Clientset // the admin's clientset
 	apiserver *process
 	admin     *http.Client
 	url       string
@@ -230,18 +232,18 @@ func startCluster(t *testing.T) *cluster {
 		TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert}},
 	}}
 	waitHTTP(t, apiserver, hc, url+"/readyz", 120*time.Second)
-	return &cluster{
-		apiserver: apiserver,
-		admin:     hc,
-		url:       url,
-		rest: &rest.Config{
-			Host: url,
-			TLSClientConfig: rest.TLSClientConfig{
-				CAData: ca.PEM, CertData: admin.CertPEM, KeyData: admin.KeyPEM,
-			},
-			QPS: 1000, Burst: 1000, Timeout: 30 * time.Second,
+	cfg := &rest.Config{
+		Host: url,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData: ca.PEM, CertData: admin.CertPEM, KeyData: admin.KeyPEM,
 		},
+		QPS: 1000, Burst: 1000, Timeout: 30 * time.Second,
 	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cluster{apiserver: apiserver, admin: hc, url: url, rest: cfg, kube: kube}
 }
 
 // get fetches a path from the API server as the admin.

@@ -77,10 +77,7 @@ func (r *replica) records(t *testing.T) []audit.Record {
 func TestControllerAgainstRealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	c := startCluster(t)
-	client, err := kubernetes.NewForConfig(c.rest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := c.kube
 	for _, ns := range []string{controller.DefaultNamespace, "payments"} {
 		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

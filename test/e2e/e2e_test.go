@@ -365,10 +365,7 @@ func TestInjectorAgainstRealAPIServer(t *testing.T) {
 	}
 	ctx := context.Background()
 	c := startCluster(t)
-	kube, err := kubernetes.NewForConfig(c.rest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kube := c.kube
 	dyn, err := dynamic.NewForConfig(c.rest)
 	if err != nil {
 		t.Fatal(err)

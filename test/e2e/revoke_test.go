@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyshift/keyshift/internal/controller"
 	"github.com/keyshift/keyshift/internal/envelope"
@@ -46,10 +45,7 @@ func TestRevokeUnderTraffic(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := startCluster(t)
-	kc, err := kubernetes.NewForConfig(c.rest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := c.kube
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -100,10 +100,7 @@ func xdsAskWith(creds grpc.DialOption, addr, token, node string, names ...string
 func TestXDSAccessAgainstRealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	c := startCluster(t)
-	client, err := kubernetes.NewForConfig(c.rest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := c.kube
 	for _, ns := range []string{"shop", "other"} {
 		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

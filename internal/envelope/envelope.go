@@ -333,41 +333,125 @@ func Seal(k *Key, plaintext []byte, context map[string]string, rand io.Reader) (
 // seal is Seal in a chosen format; Format1 only for its test vectors and
 // benchmark baseline.
 func seal(k *Key, format byte, plaintext []byte, context map[string]string, rand io.Reader) ([]byte, error) {
-	if headerLen(format, 0) == 0 {
-		return nil, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, format)
+	s := Sealer{k: k, format: format, rand: rand}
+	return s.Seal(plaintext, context)
+}
+
+// SeedMessages is the most messages one seed seals: a Sealer draws a new
+// seed after that many (SPEC.md, "Batches").
+const SeedMessages = 1024
+
+// Sealer seals the messages of one batch under one seed, so they share
+// one message key and commitment and each has its own random nonce: the
+// HKDF, the AES key schedule and their allocations are paid once per
+// seed instead of once per message. A seed seals at most SeedMessages
+// messages, then the Sealer draws a new one. The ciphertexts are in
+// SealFormat and open with Open like any other. A Sealer is for one
+// goroutine and one call; NewSealer is cheap.
+type Sealer struct {
+	k      *Key
+	format byte
+	rand   io.Reader
+	multi  bool        // keep prefix for the next message
+	prefix []byte      // the header before the nonce, for the current seed
+	aead   cipher.AEAD // the current seed's message AEAD
+	left   int         // messages the current seed may still seal
+	ad     []byte      // associated data buffer, reused
+}
+
+// NewSealer returns a Sealer for k; rand supplies seeds and nonces
+// (crypto/rand.Reader in production).
+func NewSealer(k *Key, rand io.Reader) *Sealer {
+	return &Sealer{k: k, format: SealFormat, rand: rand, multi: true}
+}
+
+// Key is the key s seals under.
+func (s *Sealer) Key() *Key { return s.k }
+
+// Seal encrypts plaintext as Seal does, under the Sealer's current seed.
+func (s *Sealer) Seal(plaintext []byte, context map[string]string) ([]byte, error) {
+	hlen := headerLen(s.format, len(s.k.name))
+	if hlen == 0 {
+		return nil, fmt.Errorf("%w: format byte 0x%02x", ErrUnsupportedFormat, s.format)
 	}
 	if len(plaintext) > MaxPlaintext {
 		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrTooLarge, len(plaintext), MaxPlaintext)
 	}
-	hlen := headerLen(format, len(k.name))
-	out := make([]byte, 0, hlen+len(plaintext)+TagSize)
+	out := make([]byte, hlen, hlen+len(plaintext)+TagSize)
+	if s.left == 0 {
+		if err := s.reseed(out); err != nil {
+			return nil, err
+		}
+	} else {
+		if s.k.wiped.Load() {
+			return nil, fmt.Errorf("%w: %s v%d", ErrWiped, s.k.name, s.k.version)
+		}
+		copy(out, s.prefix)
+		if _, err := io.ReadFull(s.rand, headerNonce(out)); err != nil {
+			return nil, fmt.Errorf("envelope: read random: %w", err)
+		}
+	}
+	s.left--
+	ad, err := associatedData(s.ad, out, context)
+	if err != nil {
+		return nil, err
+	}
+	if s.multi {
+		s.ad = ad
+	}
+	return s.aead.Seal(out, headerNonce(out), plaintext, ad), nil
+}
+
+// reseed draws a seed and the next nonce in one read, seed first (the
+// order the test vectors fix), derives the seed's message AEAD and
+// commitment, and writes the whole header into out.
+func (s *Sealer) reseed(out []byte) error {
 	// The random bytes pass through out, which the header then overwrites.
 	random := out[:SeedSize+NonceSize]
-	if _, err := io.ReadFull(rand, random); err != nil {
-		return nil, fmt.Errorf("envelope: read random: %w", err)
+	if _, err := io.ReadFull(s.rand, random); err != nil {
+		return fmt.Errorf("envelope: read random: %w", err)
 	}
-	h := Header{Format: format, Keyset: k.name, Version: k.version}
+	h := Header{Format: s.format, Keyset: s.k.name, Version: s.k.version}
 	copy(h.Seed[:], random[:SeedSize])
 	copy(h.Nonce[:], random[SeedSize:])
-	aead, err := k.messageAEAD(format, h.Seed[:], &h.Commitment)
+	aead, err := s.k.messageAEAD(s.format, h.Seed[:], &h.Commitment)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out, err = h.AppendBinary(out)
-	if err != nil {
-		return nil, err
+	if _, err := h.AppendBinary(out[:0]); err != nil {
+		return err
 	}
-	ad, err := associatedData(out, context)
-	if err != nil {
-		return nil, err
+	s.aead, s.left = aead, SeedMessages
+	if s.multi {
+		s.prefix = append(s.prefix[:0], out[:len(out)-NonceSize]...)
 	}
-	return aead.Seal(out, headerNonce(out), plaintext, ad), nil
+	return nil
 }
 
 // Open decrypts ciphertext with k. The ciphertext's keyset and version must
 // be k's: look the key up with Parse first. Every authentication failure,
 // a Format2 key commitment that is not k's included, returns ErrDecrypt.
 func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) {
+	var o Opener
+	return o.Open(k, ciphertext, context)
+}
+
+// Opener opens the ciphertexts of one batch. Ciphertexts in a row under
+// the same key and seed (a Sealer's batch) share one message key, which it
+// derives once; every ciphertext's commitment, tag and context are still
+// checked on its own. An Opener is for one goroutine and one call; the
+// zero value is ready.
+type Opener struct {
+	k          *Key
+	format     byte
+	seed       [SeedSize]byte
+	commitment [CommitmentSize]byte
+	aead       cipher.AEAD // nil: nothing derived yet
+	ad         []byte      // associated data buffer, reused
+}
+
+// Open decrypts ciphertext with k as the package's Open does.
+func (o *Opener) Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) {
 	h, off, err := Parse(ciphertext)
 	if err != nil {
 		return nil, err
@@ -375,21 +459,28 @@ func Open(k *Key, ciphertext []byte, context map[string]string) ([]byte, error) 
 	if h.Keyset != k.name || h.Version != k.version {
 		return nil, fmt.Errorf("%w: ciphertext is for %s v%d, key is %s v%d", ErrBadKey, h.Keyset, h.Version, k.name, k.version)
 	}
-	var commitment [CommitmentSize]byte
-	aead, err := k.messageAEAD(h.Format, h.Seed[:], &commitment)
-	if err != nil {
-		return nil, err
+	if o.aead == nil || o.k != k || o.format != h.Format || o.seed != h.Seed {
+		o.aead = nil
+		var commitment [CommitmentSize]byte
+		aead, err := k.messageAEAD(h.Format, h.Seed[:], &commitment)
+		if err != nil {
+			return nil, err
+		}
+		o.k, o.format, o.seed, o.commitment, o.aead = k, h.Format, h.Seed, commitment, aead
+	} else if k.wiped.Load() {
+		return nil, fmt.Errorf("%w: %s v%d", ErrWiped, k.name, k.version)
 	}
 	// Before any AEAD work: a ciphertext committed to another data key must
 	// not reach GCM. Both values are all zero for Format1.
-	if subtle.ConstantTimeCompare(commitment[:], h.Commitment[:]) != 1 {
+	if subtle.ConstantTimeCompare(o.commitment[:], h.Commitment[:]) != 1 {
 		return nil, fmt.Errorf("%w: key commitment mismatch", ErrDecrypt)
 	}
-	ad, err := associatedData(ciphertext[:off], context)
+	ad, err := associatedData(o.ad, ciphertext[:off], context)
 	if err != nil {
 		return nil, err
 	}
-	pt, err := aead.Open(nil, headerNonce(ciphertext[:off]), ciphertext[off:], ad)
+	o.ad = ad
+	pt, err := o.aead.Open(nil, headerNonce(ciphertext[:off]), ciphertext[off:], ad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: authentication tag mismatch", ErrDecrypt)
 	}
@@ -440,9 +531,10 @@ func (e *expander) expand(out *[32]byte, label string, seed []byte) {
 	clear(e.out[:])
 }
 
-// associatedData is header || CanonicalContext(context).
-func associatedData(header []byte, context map[string]string) ([]byte, error) {
-	return appendCanonicalContext(append(make([]byte, 0, len(header)+64), header...), context)
+// associatedData is header || CanonicalContext(context), built in buf's
+// storage when it is large enough.
+func associatedData(buf, header []byte, context map[string]string) ([]byte, error) {
+	return appendCanonicalContext(append(slices.Grow(buf[:0], len(header)+64), header...), context)
 }
 
 // CanonicalContext encodes context as bound into the associated data: a

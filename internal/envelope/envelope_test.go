@@ -502,6 +502,17 @@ func BenchmarkSeal1KiB(b *testing.B) {
 		ratio(b, baseline, "x-baseline")
 		ratio(b, format1, "x-format1")
 	})
+	// A batch's messages through one Sealer: one seed per SeedMessages.
+	b.Run("format=2/sealer", func(b *testing.B) {
+		b.SetBytes(1024)
+		s := NewSealer(k, rand.Reader)
+		for b.Loop() {
+			if _, err := s.Seal(pt, ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ratio(b, baseline, "x-baseline")
+	})
 }
 
 // The pooled single-block HMACs in messageAEAD must equal HKDF-Expand with
@@ -594,5 +605,170 @@ func TestWipe(t *testing.T) {
 	}
 	if k.VerifyMAC([]byte("m"), mac) {
 		t.Fatal("VerifyMAC passed with a wiped key")
+	}
+}
+
+// A Sealer's messages share one seed (and so one commitment) for
+// SeedMessages messages, then move to a fresh one; every message has its
+// own nonce and opens with Open under its own context.
+func TestSealerSharesOneSeedPerSeedMessages(t *testing.T) {
+	k := fixedKey(t, "batch", 3)
+	s := NewSealer(k, rand.Reader)
+	if s.Key() != k {
+		t.Fatal("Key() is not the sealer's key")
+	}
+	n := 2*SeedMessages + 1
+	seeds := map[[SeedSize]byte]int{}
+	nonces := map[[NonceSize]byte]bool{}
+	var order [][SeedSize]byte
+	for i := range n {
+		pt := []byte(fmt.Sprintf("message %d", i))
+		c := map[string]string{"i": fmt.Sprint(i)}
+		ct, err := s.Seal(pt, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _, err := Parse(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Format != SealFormat || h.Keyset != "batch" || h.Version != 3 {
+			t.Fatalf("message %d: header %+v", i, h)
+		}
+		if nonces[h.Nonce] {
+			t.Fatalf("message %d: nonce repeated", i)
+		}
+		nonces[h.Nonce] = true
+		if seeds[h.Seed] == 0 {
+			order = append(order, h.Seed)
+		}
+		seeds[h.Seed]++
+		got, err := Open(k, ct, c)
+		if err != nil || !bytes.Equal(got, pt) {
+			t.Fatalf("message %d: Open = %q, %v", i, got, err)
+		}
+		if _, err := Open(k, ct, map[string]string{"i": "other"}); !errors.Is(err, ErrDecrypt) {
+			t.Fatalf("message %d opened under another context: %v", i, err)
+		}
+	}
+	if len(order) != 3 || seeds[order[0]] != SeedMessages || seeds[order[1]] != SeedMessages || seeds[order[2]] != 1 {
+		t.Fatalf("messages per seed: %d seeds, want %d, %d, 1", len(order), SeedMessages, SeedMessages)
+	}
+}
+
+// A Sealer fails, and keeps working, on bad input; it stops on a wiped key
+// and on a failed random source without returning a ciphertext.
+func TestSealerErrors(t *testing.T) {
+	k := fixedKey(t, "batch", 1)
+	s := NewSealer(k, rand.Reader)
+	if _, err := s.Seal(make([]byte, MaxPlaintext+1), nil); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversize plaintext: %v", err)
+	}
+	if _, err := s.Seal([]byte("x"), map[string]string{"": "v"}); !errors.Is(err, ErrBadContext) {
+		t.Fatalf("bad context: %v", err)
+	}
+	ct, err := s.Seal([]byte("still works"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := Open(k, ct, nil); err != nil || string(pt) != "still works" {
+		t.Fatalf("Open = %q, %v", pt, err)
+	}
+
+	broken := NewSealer(k, bytes.NewReader(make([]byte, SeedSize+NonceSize)))
+	if _, err := broken.Seal([]byte("first"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if ct, err := broken.Seal([]byte("second"), nil); err == nil || ct != nil {
+		t.Fatalf("exhausted random source: %x, %v", ct, err)
+	}
+	if ct, err := NewSealer(k, bytes.NewReader(nil)).Seal([]byte("x"), nil); err == nil || ct != nil {
+		t.Fatalf("empty random source: %x, %v", ct, err)
+	}
+
+	k.Wipe()
+	if _, err := s.Seal([]byte("after wipe"), nil); !errors.Is(err, ErrWiped) {
+		t.Fatalf("sealing under a wiped key: %v", err)
+	}
+}
+
+// An Opener opens a mix of ciphertexts (a Sealer's batch, others under
+// their own seeds, another key) exactly as Open does, and derives a
+// message key once for a run under one seed: the second and later
+// ciphertexts of a run cost fewer allocations than the first.
+func TestOpenerDerivesOncePerSeed(t *testing.T) {
+	k1, k2 := fixedKey(t, "batch", 1), fixedKey(t, "batch", 2)
+	s := NewSealer(k1, rand.Reader)
+	type item struct {
+		k  *Key
+		pt string
+		ct []byte
+	}
+	var items []item
+	add := func(k *Key, pt string, ct []byte, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, item{k, pt, ct})
+	}
+	for i := range 3 {
+		pt := fmt.Sprint("batch ", i)
+		ct, err := s.Seal([]byte(pt), nil)
+		add(k1, pt, ct, err)
+	}
+	ct, err := Seal(k1, []byte("own seed"), nil, rand.Reader)
+	add(k1, "own seed", ct, err)
+	ct, err = Seal(k2, []byte("other key"), nil, rand.Reader)
+	add(k2, "other key", ct, err)
+	ct, err = s.Seal([]byte("batch again"), nil)
+	add(k1, "batch again", ct, err)
+
+	var o Opener
+	for i, it := range items {
+		pt, err := o.Open(it.k, it.ct, nil)
+		if err != nil || string(pt) != it.pt {
+			t.Fatalf("item %d: Open = %q, %v", i, pt, err)
+		}
+	}
+
+	// Same seed, same key: a forged commitment and a wrong context are
+	// still refused, and the next honest ciphertext still opens.
+	forged := bytes.Clone(items[1].ct)
+	forged[2+len("batch")+4+SeedSize] ^= 1
+	if _, err := o.Open(k1, items[0].ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Open(k1, forged, nil); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("forged commitment under a cached seed: %v", err)
+	}
+	if _, err := o.Open(k1, items[1].ct, map[string]string{"a": "b"}); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("wrong context under a cached seed: %v", err)
+	}
+	if _, err := o.Open(k2, items[1].ct, nil); !errors.Is(err, ErrBadKey) {
+		t.Fatalf("ciphertext under another key: %v", err)
+	}
+	if pt, err := o.Open(k1, items[2].ct, nil); err != nil || string(pt) != "batch 2" {
+		t.Fatalf("after the refusals: %q, %v", pt, err)
+	}
+
+	first := testing.AllocsPerRun(20, func() {
+		var fresh Opener
+		if _, err := fresh.Open(k1, items[0].ct, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	warm := testing.AllocsPerRun(20, func() {
+		if _, err := o.Open(k1, items[1].ct, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if warm >= first {
+		t.Fatalf("opening under a cached seed allocates %v times, a fresh one %v: the message key was derived again", warm, first)
+	}
+
+	k1.Wipe()
+	if _, err := o.Open(k1, items[0].ct, nil); !errors.Is(err, ErrWiped) {
+		t.Fatalf("cached seed of a wiped key: %v", err)
 	}
 }

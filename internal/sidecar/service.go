@@ -49,7 +49,7 @@ func (s *Service) observe(op string, start time.Time, err error) {
 func (s *Service) Encrypt(ctx context.Context, name string, plaintext []byte, c map[string]string) (res cryptoapi.Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("encrypt", start, err) }()
-	res, err = s.encrypt(name, plaintext, c)
+	res, err = s.encrypt(nil, name, plaintext, c)
 	t := s.tally(ctx)
 	t.seal(name, res, err)
 	t.flush()
@@ -98,12 +98,12 @@ func (t *tally) open(op string, ciphertext []byte, keyset string, version uint32
 	t.add(usageKey{peer: t.uid, keyset: keyset, version: version, op: op}, cryptoapi.Reason(err))
 }
 
-func (s *Service) encrypt(name string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error) {
+func (s *Service) encrypt(b *batchCrypto, name string, plaintext []byte, c map[string]string) (cryptoapi.Sealed, error) {
 	set, err := s.lookup(name)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
-	ct, err := envelope.Seal(set.primary, plaintext, c, s.rand)
+	ct, err := b.seal(set.primary, plaintext, c, s.rand)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
@@ -132,14 +132,14 @@ func (s *Service) lookup(name string) (*ringSet, error) {
 func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]string) (res cryptoapi.Opened, err error) {
 	start := time.Now()
 	defer func() { s.observe("decrypt", start, err) }()
-	res, err = s.decrypt(ciphertext, c)
+	res, err = s.decrypt(nil, ciphertext, c)
 	t := s.tally(ctx)
 	t.open("decrypt", ciphertext, res.Keyset, res.Version, err)
 	t.flush()
 	return res, err
 }
 
-func (s *Service) decrypt(ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
+func (s *Service) decrypt(o *envelope.Opener, ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
 	set, k, _, err := s.keyFor(ciphertext)
 	if err != nil {
 		return cryptoapi.Opened{}, err
@@ -147,7 +147,7 @@ func (s *Service) decrypt(ciphertext []byte, c map[string]string) (cryptoapi.Ope
 	if set.revoked[k.Version()] {
 		return cryptoapi.Opened{}, revokedVersion(k.Name(), k.Version())
 	}
-	pt, err := envelope.Open(k, ciphertext, c)
+	pt, err := open(o, k, ciphertext, c)
 	if err != nil {
 		return cryptoapi.Opened{}, err
 	}
@@ -180,19 +180,19 @@ func (s *Service) keyFor(ciphertext []byte) (*ringSet, *envelope.Key, envelope.H
 func (s *Service) Rewrap(ctx context.Context, ciphertext []byte, c map[string]string) (res cryptoapi.Sealed, err error) {
 	start := time.Now()
 	defer func() { s.observe("rewrap", start, err) }()
-	res, err = s.rewrap(ciphertext, c)
+	res, err = s.rewrap(nil, ciphertext, c)
 	t := s.tally(ctx)
 	t.open("rewrap", ciphertext, res.Keyset, res.FromVersion, err)
 	t.flush()
 	return res, err
 }
 
-func (s *Service) rewrap(ciphertext []byte, c map[string]string) (cryptoapi.Sealed, error) {
+func (s *Service) rewrap(b *batchCrypto, ciphertext []byte, c map[string]string) (cryptoapi.Sealed, error) {
 	set, k, h, err := s.keyFor(ciphertext)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
-	pt, err := envelope.Open(k, ciphertext, c)
+	pt, err := open(b.opener(), k, ciphertext, c)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
@@ -203,7 +203,7 @@ func (s *Service) rewrap(ciphertext []byte, c map[string]string) (cryptoapi.Seal
 	if set.primary.Version() == k.Version() && h.Format == envelope.SealFormat {
 		return cryptoapi.Sealed{Ciphertext: ciphertext, Keyset: k.Name(), Version: k.Version(), FromVersion: k.Version()}, nil
 	}
-	ct, err := envelope.Seal(set.primary, pt, c, s.rand)
+	ct, err := b.seal(set.primary, pt, c, s.rand)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
@@ -232,8 +232,9 @@ func (s *Service) EncryptBatch(ctx context.Context, items []EncryptItem) (out []
 	}
 	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
 	t := s.tally(ctx)
+	var b batchCrypto
 	for i, it := range items {
-		out[i], errs[i] = s.encrypt(it.Keyset, it.Plaintext, it.Context)
+		out[i], errs[i] = s.encrypt(&b, it.Keyset, it.Plaintext, it.Context)
 		t.seal(it.Keyset, out[i], errs[i])
 	}
 	t.flush()
@@ -250,8 +251,9 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []c
 	}
 	out, errs = make([]cryptoapi.Opened, len(items)), make([]error, len(items))
 	t := s.tally(ctx)
+	var o envelope.Opener
 	for i, it := range items {
-		out[i], errs[i] = s.decrypt(it.Ciphertext, it.Context)
+		out[i], errs[i] = s.decrypt(&o, it.Ciphertext, it.Context)
 		t.open("decrypt", it.Ciphertext, out[i].Keyset, out[i].Version, errs[i])
 	}
 	t.flush()
@@ -268,13 +270,54 @@ func (s *Service) RewrapBatch(ctx context.Context, items []CipherItem) (out []cr
 	}
 	out, errs = make([]cryptoapi.Sealed, len(items)), make([]error, len(items))
 	t := s.tally(ctx)
+	var b batchCrypto
 	for i, it := range items {
-		out[i], errs[i] = s.rewrap(it.Ciphertext, it.Context)
+		out[i], errs[i] = s.rewrap(&b, it.Ciphertext, it.Context)
 		t.open("rewrap", it.Ciphertext, out[i].Keyset, out[i].FromVersion, errs[i])
 	}
 	t.flush()
 	s.metrics.batchItems("rewrap_batch", errs)
 	return out, errs, nil
+}
+
+// batchCrypto seals and opens the items of one batch call: one envelope.Sealer per
+// key, so the items sealed under a key share a seed (envelope.SeedMessages
+// at most) and pay for its message key once, and one envelope.Opener
+// that derives a message key once for a run of items under one seed. nil
+// seals and opens each message on its own, as a unary call does.
+type batchCrypto struct {
+	sealers []*envelope.Sealer
+	open    envelope.Opener
+}
+
+// opener is the batch's Opener, nil for a unary call.
+func (b *batchCrypto) opener() *envelope.Opener {
+	if b == nil {
+		return nil
+	}
+	return &b.open
+}
+
+// open opens ciphertext with o, or on its own when o is nil.
+func open(o *envelope.Opener, k *envelope.Key, ciphertext []byte, c map[string]string) ([]byte, error) {
+	if o == nil {
+		return envelope.Open(k, ciphertext, c)
+	}
+	return o.Open(k, ciphertext, c)
+}
+
+func (b *batchCrypto) seal(k *envelope.Key, plaintext []byte, c map[string]string, rand io.Reader) ([]byte, error) {
+	if b == nil {
+		return envelope.Seal(k, plaintext, c, rand)
+	}
+	for _, s := range b.sealers {
+		if s.Key() == k {
+			return s.Seal(plaintext, c)
+		}
+	}
+	s := envelope.NewSealer(k, rand)
+	b.sealers = append(b.sealers, s)
+	return s.Seal(plaintext, c)
 }
 
 func checkBatch(n int) error {

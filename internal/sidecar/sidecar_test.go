@@ -139,6 +139,74 @@ func TestBatch(t *testing.T) {
 	}
 }
 
+// A batch seals its items under one seed per keyset (envelope.Sealer) and
+// every item still opens on its own, in a batch of mixed seeds and
+// keysets too; unary calls each draw their own seed.
+func TestBatchSharesASeedPerKeyset(t *testing.T) {
+	e := newEnv(t, withKeysets("payments", "orders"))
+	ctx := ctxT(t)
+	api := e.client.API()
+	req := &v1.EncryptBatchRequest{}
+	for i := range 6 {
+		ks := []string{"payments", "orders"}[i%2]
+		req.Items = append(req.Items, &v1.EncryptRequest{Keyset: ks, Plaintext: []byte(fmt.Sprint(ks, i)), Context: map[string]string{"i": fmt.Sprint(i)}})
+	}
+	enc, err := api.EncryptBatch(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds := map[string]map[[envelope.SeedSize]byte]bool{}
+	dreq := &v1.DecryptBatchRequest{}
+	for i, r := range enc.GetResults() {
+		ct := r.GetOk().GetCiphertext()
+		h, _, err := envelope.Parse(ct)
+		if err != nil {
+			t.Fatalf("item %d: %v", i, err)
+		}
+		if seeds[h.Keyset] == nil {
+			seeds[h.Keyset] = map[[envelope.SeedSize]byte]bool{}
+		}
+		seeds[h.Keyset][h.Seed] = true
+		dreq.Items = append(dreq.Items, &v1.DecryptRequest{Ciphertext: ct, Context: req.Items[i].Context})
+	}
+	if len(seeds["payments"]) != 1 || len(seeds["orders"]) != 1 {
+		t.Fatalf("seeds per keyset in one batch: %d payments, %d orders; want 1 each", len(seeds["payments"]), len(seeds["orders"]))
+	}
+	one, err := api.Encrypt(ctx, &v1.EncryptRequest{Keyset: "payments", Plaintext: []byte("unary")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := api.Encrypt(ctx, &v1.EncryptRequest{Keyset: "payments", Plaintext: []byte("unary")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, _, _ := envelope.Parse(one.GetCiphertext())
+	h2, _, _ := envelope.Parse(two.GetCiphertext())
+	if h1.Seed == h2.Seed || seeds["payments"][h1.Seed] {
+		t.Fatal("a unary encrypt reused a seed")
+	}
+	// Interleave another seed and a wrong context into the batch.
+	dreq.Items = append(dreq.Items, &v1.DecryptRequest{Ciphertext: one.GetCiphertext()},
+		&v1.DecryptRequest{Ciphertext: dreq.Items[0].Ciphertext, Context: map[string]string{"i": "wrong"}},
+		dreq.Items[2])
+	dec, err := api.DecryptBatch(ctx, dreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range dec.GetResults() {
+		if r.GetOk() != nil {
+			got = append(got, string(r.GetOk().GetPlaintext()))
+		} else {
+			got = append(got, r.GetError().GetMessage())
+		}
+	}
+	want := []string{"payments0", "orders1", "payments2", "orders3", "payments4", "orders5", "unary", "decryption failed", "payments2"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("decrypt batch (-want +got):\n%s", diff)
+	}
+}
+
 // Every bad input gets a specific code and message, and the keyring keeps
 // serving afterwards.
 func TestBadInputErrors(t *testing.T) {

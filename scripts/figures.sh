@@ -114,6 +114,10 @@ for op in encrypt decrypt rewrap; do
     fig "floor-$op-$b" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch $b --rounds 3 --duration 3s"
   done
 done
+# Batches of ciphertexts sealed one call per item (no two share a seed).
+for op in decrypt rewrap; do
+  fig "floor-$op-100-each" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch 100 --seal-each --rounds 3 --duration 3s"
+done
 # Against the peers, unary and batch, same payloads and clients. Encrypt
 # for all three; decrypt without Dapr, whose DecryptAlpha1 fails and then
 # panics under concurrent streams (see the README).

@@ -49,6 +49,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	payload := fs.Int("payload", 1024, "plaintext bytes per item")
 	mix := fs.String("mix", "encrypt=1,decrypt=1", "operation weights")
 	batch := fs.Int("batch", 1, "items per call (>1 uses the batch RPCs)")
+	sealEach := fs.Bool("seal-each", false, "prepare the ciphertexts decrypt and rewrap send with one encrypt call per item, not one batch call (so no two share a seed)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to run each target, per round")
 	count := fs.Int64("count", 0, "stop each target after this many calls instead")
 	rate := fs.Float64("rate", 0, "cap on total calls per second (0: as fast as possible); latency then counts from each call's scheduled time")
@@ -71,6 +72,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
+	m.SealEach = *sealEach
 	o := loadtest.Options{Socket: *socket, Keyset: *keysetName, Clients: *clients, Payload: *payload, Mix: m,
 		Duration: *duration, Count: *count, Rate: *rate, Floor: *floor, Peers: peers, Rounds: *rounds, Warmup: *warmup,
 		KMS: providers.Registry(nil)}
@@ -114,6 +116,9 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 func printReport(w io.Writer, r *loadtest.Report) {
 	fmt.Fprintf(w, "load         %d clients, %d-byte payloads, mix encrypt=%d,decrypt=%d,rewrap=%d, batch %d, %d round(s) of %.1fs",
 		r.Clients, r.Payload, r.Mix.Encrypt, r.Mix.Decrypt, r.Mix.Rewrap, r.Mix.Batch, r.Rounds, r.Elapsed/float64(max(r.Rounds, 1)))
+	if r.Mix.SealEach {
+		fmt.Fprint(w, ", ciphertexts sealed one call per item")
+	}
 	if r.Rate > 0 {
 		fmt.Fprintf(w, ", capped at %.0f calls/s (latency from each call's scheduled time)", r.Rate)
 	}

@@ -33,6 +33,10 @@ import (
 type Mix struct {
 	Encrypt, Decrypt, Rewrap int
 	Batch                    int
+	// SealEach prepares the ciphertexts that decrypt and rewrap send with
+	// one encrypt call per item instead of one batch call, so no two share
+	// a seed (records written one by one and read back in bulk).
+	SealEach bool `json:",omitempty"`
 }
 
 // Options describe one run.
@@ -564,7 +568,7 @@ func buildOps(ctx context.Context, m Mix, c Conn, payload []byte) ([]op, error) 
 	var cts [][]byte
 	if m.Decrypt+m.Rewrap > 0 {
 		var err error
-		if cts, err = c.Encrypt(ctx, pts); err != nil {
+		if cts, err = prepare(ctx, c, pts, m.SealEach); err != nil {
 			return nil, fmt.Errorf("preparing ciphertexts: %w", err)
 		}
 		if err := c.Decrypt(ctx, cts); err != nil {
@@ -590,6 +594,22 @@ func buildOps(ctx context.Context, m Mix, c Conn, payload []byte) ([]op, error) 
 		ops = append(ops, rw)
 	}
 	return ops, nil
+}
+
+// prepare seals pts with c, in one call or one call per item.
+func prepare(ctx context.Context, c Conn, pts [][]byte, each bool) ([][]byte, error) {
+	if !each {
+		return c.Encrypt(ctx, pts)
+	}
+	cts := make([][]byte, len(pts))
+	for i := range pts {
+		ct, err := c.Encrypt(ctx, pts[i:i+1])
+		if err != nil {
+			return nil, err
+		}
+		cts[i] = ct[0]
+	}
+	return cts, nil
 }
 
 // peerPID asks the kernel which process serves the socket (SO_PEERCRED on

@@ -300,3 +300,32 @@ func (refuseConn) Decrypt(context.Context, [][]byte) error {
 }
 func (refuseConn) Rewrap(context.Context, [][]byte) error { return ErrUnsupported }
 func (refuseConn) Close() error                           { return nil }
+
+// recordConn records the size of every encrypt call.
+type recordConn struct {
+	countConn
+	sizes []int
+}
+
+func (c *recordConn) Encrypt(ctx context.Context, pts [][]byte) ([][]byte, error) {
+	c.sizes = append(c.sizes, len(pts))
+	return c.countConn.Encrypt(ctx, pts)
+}
+
+// Decrypt's ciphertexts come from one batch call, or with SealEach from
+// one call per item.
+func TestSealEachPreparesOneCallPerItem(t *testing.T) {
+	for _, each := range []bool{false, true} {
+		c := &recordConn{}
+		if _, err := buildOps(context.Background(), Mix{Decrypt: 1, Batch: 4, SealEach: each}, c, []byte("p")); err != nil {
+			t.Fatal(err)
+		}
+		want := []int{4}
+		if each {
+			want = []int{1, 1, 1, 1}
+		}
+		if diff := cmp.Diff(want, c.sizes); diff != "" {
+			t.Fatalf("SealEach %v: encrypt call sizes (-want +got):\n%s", each, diff)
+		}
+	}
+}

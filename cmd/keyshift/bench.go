@@ -43,7 +43,7 @@ func parseMix(s string, batch int) (loadtest.Mix, error) {
 
 func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	socket := fs.String("socket", envOr(client.EnvSocket, "/var/run/keyshift/keyshift.sock"), "the sidecar's socket")
+	socket := fs.String("socket", envOr(client.EnvSocket, client.DefaultSocket), "the sidecar's socket")
 	keysetName := fs.String("keyset", "", "keyset to encrypt with (needed when the sidecar serves several)")
 	clients := fs.Int("clients", 16, "concurrent clients, one connection each")
 	payload := fs.Int("payload", 1024, "plaintext bytes per item")

@@ -40,7 +40,7 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet, withKeyset bool) *clientFlags {
 	f := &clientFlags{context: contextFlags{}}
-	f.socket = fs.String("socket", envOr(client.EnvSocket, "/var/run/keyshift/keyshift.sock"), "the sidecar's socket ($"+client.EnvSocket+")")
+	f.socket = fs.String("socket", envOr(client.EnvSocket, client.DefaultSocket), "the sidecar's socket ($"+client.EnvSocket+")")
 	f.raw = fs.Bool("raw", false, "ciphertext is raw bytes on stdin/stdout instead of base64 text")
 	f.timeout = fs.Duration("timeout", 10*time.Second, "call timeout")
 	fs.Var(f.context, "context", "KEY=VALUE bound to the ciphertext (repeat for several)")

@@ -11,7 +11,6 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,6 +25,11 @@ import (
 // EnvSocket names the environment variable the injector sets in every app
 // container: the sidecar's socket path.
 const EnvSocket = podspec.SocketEnv
+
+// DefaultSocket is where the injector mounts the sidecar's socket: Dial
+// uses it when neither a path nor $KEYSHIFT_SOCKET names one, as the
+// Python, Node.js and Java clients and the keyshift CLI do.
+const DefaultSocket = podspec.Socket
 
 // Client calls one sidecar. It is safe for concurrent use.
 type Client struct {
@@ -42,13 +46,14 @@ type Option func(*Client)
 func WithKeyset(name string) Option { return func(c *Client) { c.keyset = name } }
 
 // Dial connects to the sidecar socket at path, or at $KEYSHIFT_SOCKET when
-// path is empty. It does not block: the first call connects.
+// path is empty, or at DefaultSocket when that is unset too. It does not
+// block: the first call connects.
 func Dial(path string, opts ...Option) (*Client, error) {
 	if path == "" {
 		path = os.Getenv(EnvSocket)
 	}
 	if path == "" {
-		return nil, errors.New("keyshift client: no socket path (pass one or set " + EnvSocket + ")")
+		path = DefaultSocket
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

@@ -349,6 +349,7 @@ func TestNode(t *testing.T) {
 	}{
 		{"xDS refuses strangers", n.xdsRefusesStrangers},
 		{"rotation under traffic", n.rotationUnderTraffic},
+		{"status through the API server", n.statusThroughAPIServer},
 		{"leader deleted mid-rotation", n.leaderDeletedMidRotation},
 		{"sidecar killed", n.sidecarKilled},
 		{"KMS stopped for 60s", n.kmsStopped},

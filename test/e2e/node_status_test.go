@@ -48,12 +48,16 @@ func (n *node) statusThroughAPIServer(ctx context.Context) {
 	}
 
 	// The plugin, found by kubectl on PATH, prints the same report.
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir(), "kubectl"), "--kubeconfig", n.kubeconfig, "keyshift", "status", "-n", demoNS, "-o", "json")
-	cmd.Env = append(os.Environ(), "PATH="+dir+":"+binDir()+":"+os.Getenv("PATH"))
+	// kubectl hands a plugin its arguments, not its own flags: the plugin
+	// reads KUBECONFIG as an operator's shell sets it.
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir(), "kubectl"), "keyshift", "status", "-n", demoNS, "-o", "json")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+n.kubeconfig, "PATH="+dir+":"+binDir()+":"+os.Getenv("PATH"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	pb, err := cmd.Output()
 	pout := string(pb)
 	if err != nil {
-		n.t.Fatalf("kubectl keyshift status: %v\n%s", err, pout)
+		n.t.Fatalf("kubectl keyshift status: %v\n%s%s", err, pout, stderr.String())
 	}
 	var prep clusterstatus.Report
 	if err := json.Unmarshal([]byte(pout), &prep); err != nil || prep.Controller.Source != c.Source || len(prep.Keysets) != len(rep.Keysets) {

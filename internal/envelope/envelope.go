@@ -135,6 +135,14 @@ func (k *Key) Wipe() {
 // Wiped reports whether Wipe was called.
 func (k *Key) Wiped() bool { return k.wiped.Load() }
 
+// errIfWiped is ErrWiped, naming k, once Wipe was called.
+func (k *Key) errIfWiped() error {
+	if k.wiped.Load() {
+		return fmt.Errorf("%w: %s v%d", ErrWiped, k.name, k.version)
+	}
+	return nil
+}
+
 // NewKey derives a Key for keyset name, version from a 32-byte data key.
 // The caller may wipe dek afterwards.
 func NewKey(name string, version uint32, dek []byte) (*Key, error) {
@@ -383,8 +391,8 @@ func (s *Sealer) Seal(plaintext []byte, context map[string]string) ([]byte, erro
 			return nil, err
 		}
 	} else {
-		if s.k.wiped.Load() {
-			return nil, fmt.Errorf("%w: %s v%d", ErrWiped, s.k.name, s.k.version)
+		if err := s.k.errIfWiped(); err != nil {
+			return nil, err
 		}
 		copy(out, s.prefix)
 		if _, err := io.ReadFull(s.rand, headerNonce(out)); err != nil {
@@ -467,8 +475,8 @@ func (o *Opener) Open(k *Key, ciphertext []byte, context map[string]string) ([]b
 			return nil, err
 		}
 		o.k, o.format, o.seed, o.commitment, o.aead = k, h.Format, h.Seed, commitment, aead
-	} else if k.wiped.Load() {
-		return nil, fmt.Errorf("%w: %s v%d", ErrWiped, k.name, k.version)
+	} else if err := k.errIfWiped(); err != nil {
+		return nil, err
 	}
 	// Before any AEAD work: a ciphertext committed to another data key must
 	// not reach GCM. Both values are all zero for Format1.
@@ -490,8 +498,8 @@ func (o *Opener) Open(k *Key, ciphertext []byte, context map[string]string) ([]b
 // messageAEAD derives the message AEAD for seed in format and, for
 // Format2, the key commitment into commitment (left all zero for Format1).
 func (k *Key) messageAEAD(format byte, seed []byte, commitment *[CommitmentSize]byte) (cipher.AEAD, error) {
-	if k.wiped.Load() {
-		return nil, fmt.Errorf("%w: %s v%d", ErrWiped, k.name, k.version)
+	if err := k.errIfWiped(); err != nil {
+		return nil, err
 	}
 	var mk [KeySize]byte
 	e := k.expanders.Get().(*expander)

@@ -139,7 +139,7 @@ func (s *Service) Decrypt(ctx context.Context, ciphertext []byte, c map[string]s
 	return res, err
 }
 
-func (s *Service) decrypt(o *envelope.Opener, ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
+func (s *Service) decrypt(b *batchCrypto, ciphertext []byte, c map[string]string) (cryptoapi.Opened, error) {
 	set, k, _, err := s.keyFor(ciphertext)
 	if err != nil {
 		return cryptoapi.Opened{}, err
@@ -147,7 +147,7 @@ func (s *Service) decrypt(o *envelope.Opener, ciphertext []byte, c map[string]st
 	if set.revoked[k.Version()] {
 		return cryptoapi.Opened{}, revokedVersion(k.Name(), k.Version())
 	}
-	pt, err := open(o, k, ciphertext, c)
+	pt, err := b.openWith(k, ciphertext, c)
 	if err != nil {
 		return cryptoapi.Opened{}, err
 	}
@@ -192,7 +192,7 @@ func (s *Service) rewrap(b *batchCrypto, ciphertext []byte, c map[string]string)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
-	pt, err := open(b.opener(), k, ciphertext, c)
+	pt, err := b.openWith(k, ciphertext, c)
 	if err != nil {
 		return cryptoapi.Sealed{}, err
 	}
@@ -251,9 +251,9 @@ func (s *Service) DecryptBatch(ctx context.Context, items []CipherItem) (out []c
 	}
 	out, errs = make([]cryptoapi.Opened, len(items)), make([]error, len(items))
 	t := s.tally(ctx)
-	var o envelope.Opener
+	var b batchCrypto
 	for i, it := range items {
-		out[i], errs[i] = s.decrypt(&o, it.Ciphertext, it.Context)
+		out[i], errs[i] = s.decrypt(&b, it.Ciphertext, it.Context)
 		t.open("decrypt", it.Ciphertext, out[i].Keyset, out[i].Version, errs[i])
 	}
 	t.flush()
@@ -290,20 +290,11 @@ type batchCrypto struct {
 	open    envelope.Opener
 }
 
-// opener is the batch's Opener, nil for a unary call.
-func (b *batchCrypto) opener() *envelope.Opener {
+func (b *batchCrypto) openWith(k *envelope.Key, ciphertext []byte, c map[string]string) ([]byte, error) {
 	if b == nil {
-		return nil
-	}
-	return &b.open
-}
-
-// open opens ciphertext with o, or on its own when o is nil.
-func open(o *envelope.Opener, k *envelope.Key, ciphertext []byte, c map[string]string) ([]byte, error) {
-	if o == nil {
 		return envelope.Open(k, ciphertext, c)
 	}
-	return o.Open(k, ciphertext, c)
+	return b.open.Open(k, ciphertext, c)
 }
 
 func (b *batchCrypto) seal(k *envelope.Key, plaintext []byte, c map[string]string, rand io.Reader) ([]byte, error) {

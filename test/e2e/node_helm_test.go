@@ -59,19 +59,7 @@ func (n *node) helmInstalled(ctx context.Context) {
 	defer func() {
 		_ = n.client.CoreV1().Pods(demoNS).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
 	}()
-	var p *corev1.Pod
-	n.eventually("pod "+pod.Name+" Ready", 120*time.Second, func() (bool, string) {
-		p, err = n.client.CoreV1().Pods(demoNS).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				return true, ""
-			}
-		}
-		return false, string(p.Status.Phase)
-	})
+	p := n.waitPodReady(ctx, demoNS, pod.Name)
 	if sc := sidecarOf(p); sc == nil || sc.RestartPolicy == nil || *sc.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 		n.t.Fatalf("pod %s: no native keyshift sidecar: %+v", p.Name, p.Spec.InitContainers)
 	}

@@ -456,18 +456,7 @@ func (n *node) podStartTimes(ctx context.Context, inject bool) []time.Duration {
 		if _, err := n.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			n.t.Fatal(err)
 		}
-		n.eventually("pod "+pod.Name+" Ready", 120*time.Second, func() (bool, string) {
-			p, err := n.client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			for _, c := range p.Status.Conditions {
-				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-					return true, ""
-				}
-			}
-			return false, string(p.Status.Phase)
-		})
+		n.waitPodReady(ctx, ns, pod.Name)
 		out = append(out, time.Since(t0))
 		_ = n.client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
 	}
@@ -868,4 +857,24 @@ func (n *node) injectorDown(ctx context.Context) {
 	}
 	n.logf("injector back: the pod was created with its sidecar")
 	_ = n.client.CoreV1().Pods(demoNS).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+}
+
+// waitPodReady waits up to 120 s for pod ns/name to be Ready and returns it.
+func (n *node) waitPodReady(ctx context.Context, ns, name string) *corev1.Pod {
+	n.t.Helper()
+	var p *corev1.Pod
+	n.eventually("pod "+name+" Ready", 120*time.Second, func() (bool, string) {
+		var err error
+		p, err = n.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, ""
+			}
+		}
+		return false, string(p.Status.Phase)
+	})
+	return p
 }

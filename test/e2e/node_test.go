@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keyshift/keyshift/internal/keyset"
+	"github.com/keyshift/keyshift/internal/sidecar"
 )
 
 // The sample's names (manifests/sample).
@@ -428,6 +430,13 @@ func (n *node) checkInjectedPod(ctx context.Context, p corev1.Pod) {
 	if ready.IsZero() || appStart.IsZero() || appStart.Before(ready.Truncate(time.Second)) {
 		n.t.Fatalf("pod %s: sidecar ready at %v, app started at %v: the app must start after the sidecar is ready\n%s", p.Name, ready, appStart, logs)
 	}
+	// The sidecar found its container's memory limit through the cgroup
+	// and gave the Go runtime MemoryLimitRatio of it (sidecar.TuneRuntime).
+	limit := side.Resources.Limits.Memory().Value()
+	want := int64(float64(limit) * sidecar.MemoryLimitRatio)
+	if limit == 0 || !hasLogAttr(logs, "go runtime", "memory_limit_bytes", strconv.FormatInt(want, 10)) {
+		n.t.Fatalf("pod %s: the sidecar's memory limit is %d bytes: want its log line \"go runtime\" with memory_limit_bytes %d\n%s", p.Name, limit, want, logs)
+	}
 	n.eventually("pod "+p.Name+" app traffic", 30*time.Second, func() (bool, string) {
 		s, err := podStats(p)
 		if err != nil {
@@ -437,6 +446,17 @@ func (n *node) checkInjectedPod(ctx context.Context, p corev1.Pod) {
 	})
 	n.logf("pod %s: sidecar ready %s, app started %s (UID %d vs sidecar %d), encrypting and decrypting",
 		p.Name, ready.Format("15:04:05.000"), appStart.Format("15:04:05"), *appUID, *sideUID)
+}
+
+// hasLogAttr reports whether a log line with msg carries key=value, in
+// the text or the JSON format.
+func hasLogAttr(logs, msg, key, value string) bool {
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, msg) && (strings.Contains(line, " "+key+"="+value) || strings.Contains(line, `"`+key+`":`+value)) {
+			return true
+		}
+	}
+	return false
 }
 
 // podStartTimes creates three pods of the example app and times create ->

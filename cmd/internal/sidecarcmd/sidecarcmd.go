@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/KimMachineGun/automemlimit/memlimit"
 
 	"github.com/keyshift/keyshift/cmd/internal/clikit"
 	"github.com/keyshift/keyshift/internal/kms/providers"
@@ -89,6 +92,7 @@ func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) e
 	if err := harden(); err != nil {
 		return err
 	}
+	logRuntime(log, memlimit.FromCgroup)
 	m, err := strconv.ParseUint(*mode, 8, 32)
 	if err != nil || m > 0o777 {
 		return fmt.Errorf("--socket-mode %q: write an octal mode like 0660", *mode)
@@ -146,6 +150,17 @@ func serve(ctx context.Context, cfg sidecar.Config, authz extauthz.Config) error
 	err = srv.Wait()
 	az.Wait()
 	return err
+}
+
+// logRuntime sets the collector (sidecar.TuneRuntime) and says what it
+// chose; a memory limit it cannot read is a warning, not a failure: the
+// sidecar then runs with GOGC alone.
+func logRuntime(log *slog.Logger, limit memlimit.Provider) {
+	rt, err := sidecar.TuneRuntime(limit)
+	if err != nil {
+		log.Warn("no soft memory limit", "err", err)
+	}
+	log.Info("go runtime", "gogc", rt.GCPercent, "gogc_from_env", rt.GCFromEnv, "memory_limit_bytes", rt.MemoryLimit, "memory_limit_from", rt.MemoryLimitFrom)
 }
 
 func nodeIDFromEnv() string {

@@ -55,10 +55,19 @@ type node struct {
 // startNode brings the cluster up with scripts/cluster.sh and takes it down
 // when the test ends, failing the test if the host is not as it was.
 // KEYSHIFT_CLUSTER=existing reuses a cluster already up (for iterating).
+// nodeTestNeeds is the least time TestNode starts with: its run, about 11
+// minutes here, with room to spare.
+const nodeTestNeeds = 20 * time.Minute
+
 func startNode(t *testing.T) *node {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("TestNode runs a kubelet, containerd and iptables: run it as root (make e2e)")
+	}
+	// go test's -timeout panics without running cleanups, which would
+	// leave the whole cluster running: refuse to start without the time.
+	if d, ok := t.Deadline(); ok && time.Until(d) < nodeTestNeeds {
+		t.Fatalf("TestNode takes about 11 minutes and must have %v to bring the cluster down again; go test's -timeout leaves %v: run it with -timeout 30m (make e2e does)", nodeTestNeeds, time.Until(d).Round(time.Second))
 	}
 	n := &node{t: t, root: repoRoot(t), kubeconfig: filepath.Join(clusterDir, "admin.kubeconfig"), start: time.Now()}
 	if os.Getenv("KEYSHIFT_CLUSTER") != "existing" {

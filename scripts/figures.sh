@@ -108,25 +108,27 @@ gobench() {
   eval "$run" >"$OUT/$name.txt"
 }
 
+# Rounds come in whole squares of the bench's order (n targets: n rounds,
+# 2n when n is odd), so each target follows every other equally often.
 # The sidecar against its floor, per op and batch size.
 for op in encrypt decrypt rewrap; do
   for b in 1 100; do
-    fig "floor-$op-$b" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch $b --rounds 5 --duration 3s"
+    fig "floor-$op-$b" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch $b --rounds 6 --duration 3s"
   done
 done
 # Batches of ciphertexts sealed one call per item (no two share a seed).
 for op in decrypt rewrap; do
-  fig "floor-$op-100-each" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch 100 --seal-each --rounds 5 --duration 3s"
+  fig "floor-$op-100-each" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch 100 --seal-each --rounds 6 --duration 3s"
 done
 # Against the peers, unary and batch, same payloads and clients. Encrypt
 # for all three; decrypt without Dapr, whose DecryptAlpha1 fails and then
 # panics under concurrent streams (see the README).
-fig peers-1 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --rounds 5 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
-fig peers-100 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --batch 100 --rounds 5 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
-fig peers-decrypt-1 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --rounds 5 --duration 3s --peer vault=$VAULT'
-fig peers-decrypt-100 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --batch 100 --rounds 5 --duration 3s --peer vault=$VAULT'
+fig peers-1 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --rounds 4 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
+fig peers-100 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --batch 100 --rounds 4 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
+fig peers-decrypt-1 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --rounds 6 --duration 3s --peer vault=$VAULT'
+fig peers-decrypt-100 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --batch 100 --rounds 6 --duration 3s --peer vault=$VAULT'
 # In the app itself: one client, so per-call times add up.
-fig inapp 'keyshift bench --socket $SOCK --clients 1 --mix encrypt=1,decrypt=1 --rounds 3 --duration 3s --peer in-process=$KEYSET --peer cached-dek=$KEK'
+fig inapp 'keyshift bench --socket $SOCK --clients 1 --mix encrypt=1,decrypt=1 --rounds 4 --duration 3s --peer in-process=$KEYSET --peer cached-dek=$KEK'
 # Latency across live rotations at a fixed rate, from each call's scheduled time.
 fig rotations 'keyshift bench --socket $SOCK --clients 8 --mix encrypt=1,decrypt=1 --rate 4000 --duration 12s --rotate-file $KEYSET --rotate-every 3s --floor=false'
 # Footprint under load: the GOMAXPROCS=1 sidecar at 1,000 encrypts/s; its floor gets GOMAXPROCS=1 too.

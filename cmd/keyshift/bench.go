@@ -59,7 +59,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	rotateEvery := fs.Duration("rotate-every", 0, "rotate the keyset this often during the sidecar's run (needs --rotate-file)")
 	rotateFile := fs.String("rotate-file", "", "the keyset file the sidecar follows, rotated two-phase during the run")
 	floor := fs.Bool("floor", true, "also run the same load against the like-for-like floor (the sidecar's server without the crypto), in this run")
-	rounds := fs.Int("rounds", 1, "alternate the targets this many times and merge the rounds; round k starts with the k-th target")
+	rounds := fs.Int("rounds", 1, "alternate the targets this many times and merge the rounds; each target runs right after every other equally often")
 	warmup := fs.Duration("warmup", time.Second, "run each target this long, unmeasured, before the measured rounds (0: none)")
 	var peers []loadtest.PeerSpec
 	fs.Func("peer", "also run the same load against NAME=ADDRESS (repeatable): "+strings.Join(loadtest.PeerKinds(), ", "), func(s string) error {

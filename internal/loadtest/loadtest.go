@@ -260,16 +260,43 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return rep, nil
 }
 
-// schedule is the order of the targets in each round: round k starts with
-// target k (mod n) and goes on in turn, so over n rounds each target runs
-// once in every position, first after the previous round's last target
-// included, and none always follows the same neighbour's load.
+// schedule is the order of the targets in each round. Its rounds are the
+// rows of a Williams design (a Latin square balanced for carry-over):
+// each round runs every target once; over one square (n rounds, 2n when n
+// is odd) each target runs in every position and right after every other
+// target equally often. What one target leaves behind on the machine (a
+// peer's garbage collection, its process winding down) then falls on
+// every other target alike, not always on the one that follows it.
+// Rounds beyond one square repeat it.
 func schedule(n, rounds int) [][]int {
+	// First row 0, 1, n-1, 2, n-2, ...; row k adds k to each entry.
+	first := make([]int, n)
+	for j := 1; j < n; j++ {
+		if j%2 == 1 {
+			first[j] = (j + 1) / 2
+		} else {
+			first[j] = n - j/2
+		}
+	}
+	var square [][]int
+	for k := range n {
+		row := make([]int, n)
+		for j := range n {
+			row[j] = (first[j] + k) % n
+		}
+		square = append(square, row)
+	}
+	if n%2 == 1 {
+		// For odd n the mirrored rows balance the successions.
+		for k := range n {
+			row := slices.Clone(square[k])
+			slices.Reverse(row)
+			square = append(square, row)
+		}
+	}
 	out := make([][]int, rounds)
 	for k := range out {
-		for j := range n {
-			out[k] = append(out[k], (k+j)%n)
-		}
+		out[k] = square[k%len(square)]
 	}
 	return out
 }

@@ -228,11 +228,57 @@ func TestPercentiles(t *testing.T) {
 	}
 }
 
-func TestScheduleRotatesTheFirstTarget(t *testing.T) {
-	got := schedule(3, 4)
-	want := [][]int{{0, 1, 2}, {1, 2, 0}, {2, 0, 1}, {0, 1, 2}}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Fatalf("schedule(3, 4) (-want +got):\n%s", diff)
+// TestScheduleBalancesCarryOver checks the rounds' order over one square:
+// every round runs each target once, each target runs in every position
+// equally often, and each target runs right after every other equally
+// often. Rotating the first target alone (0 1 2, 1 2 0, 2 0 1) fails the
+// last: 1 always followed 0, so whatever 0 left on the machine always fell
+// on 1.
+func TestScheduleBalancesCarryOver(t *testing.T) {
+	for n := 1; n <= 6; n++ {
+		size := n
+		if n%2 == 1 {
+			size = 2 * n
+		}
+		rounds := schedule(n, size)
+		position := map[[2]int]int{} // {target, position} -> count
+		follows := map[[2]int]int{}  // {before, after} -> count
+		for _, r := range rounds {
+			if len(r) != n {
+				t.Fatalf("n=%d: round %v does not run %d targets", n, r, n)
+			}
+			seen := map[int]bool{}
+			for j, x := range r {
+				if x < 0 || x >= n || seen[x] {
+					t.Fatalf("n=%d: round %v is not an order of the %d targets", n, r, n)
+				}
+				seen[x] = true
+				position[[2]int{x, j}]++
+				if j > 0 {
+					follows[[2]int{r[j-1], x}]++
+				}
+			}
+		}
+		for x := range n {
+			for j := range n {
+				if got := position[[2]int{x, j}]; got != size/n {
+					t.Errorf("n=%d: target %d runs in position %d %d times over %d rounds, want %d: %v", n, x, j, got, size, size/n, rounds)
+				}
+			}
+			for y := range n {
+				if x == y {
+					continue
+				}
+				if got, want := follows[[2]int{x, y}], size/n; got != want {
+					t.Errorf("n=%d: target %d follows %d %d times over %d rounds, want %d: %v", n, y, x, got, size, want, rounds)
+				}
+			}
+		}
+		// Beyond one square the rounds repeat it.
+		more := schedule(n, size+1)
+		if diff := cmp.Diff(rounds[0], more[size]); diff != "" {
+			t.Errorf("n=%d: round %d does not start the square again (-want +got):\n%s", n, size, diff)
+		}
 	}
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Dapr's sidecar, daprd, for the load tool's "dapr" peer
 # (internal/loadtest/dapr.go, internal/loadtest/daprtest) from the Go module
-# proxy, into ${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}/daprd. Skips the
+# proxy, into ${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}/daprd. Skips the
 # build when the binary and its stamp are already there. Prints how long it
 # took. Set FORCE=1 to rebuild.
 #
@@ -34,7 +34,7 @@ DAPR_TAGS="${DAPR_TAGS:-allcomponents}"
 DAPR_KEEP="${DAPR_KEEP:-crypto_dapr_localstorage.go nameresolution_mdns.go wfbackend_actors.go}"
 BUILD_ID=4 # bump when the build recipe changes
 CACHE="${KEYSHIFT_CACHE:-$HOME/.cache/keyshift}"
-BIN_DIR="${KEYSHIFT_BIN_DIR:-$CACHE/bin}"
+BIN_DIR="${KEYSHIFT_BIN:-$CACHE/bin}"
 BIN="$BIN_DIR/daprd"
 STAMP="$BIN.build" # records the recipe that built $BIN
 WRAPPER="${DAPRD_BUILD_DIR:-$CACHE/src/daprd}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds local-kms (github.com/nsmithuk/local-kms, MIT), a real AWS KMS API
 # server for the AWS KMS backend's tests (internal/kms/aws), from the Go
-# module proxy into ${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}/local-kms.
+# module proxy into ${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}/local-kms.
 # Skips the build when that binary is already there and was built from the
 # pinned version. Prints how long it took.
 #
@@ -12,7 +12,7 @@ set -euo pipefail
 
 LOCAL_KMS_MODULE=github.com/nsmithuk/local-kms
 LOCAL_KMS_VERSION=v0.0.0-20260228092603-2a5e92d09ab6
-BIN_DIR=${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}
+BIN_DIR=${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}
 BIN=$BIN_DIR/local-kms
 
 start=$(date +%s)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a real Vault server for the Vault Transit backend's tests
 # (internal/kms/vault) from the Go module proxy, into
-# ${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}/vault. Skips the build when the
+# ${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}/vault. Skips the build when the
 # binary is already there. Prints how long it took.
 #
 # Vault v1.14.1 is the last Vault release under the MPL-2.0 licence (v1.14.2
@@ -19,7 +19,7 @@ set -euo pipefail
 VAULT_VERSION=v1.14.1
 SDK_VERSION=v0.9.2
 BUILD_ID=1 # bump when the build recipe changes
-BIN_DIR=${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}
+BIN_DIR=${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}
 BIN=$BIN_DIR/vault
 STAMP=$BIN.build # records the recipe that built $BIN
 want_stamp="vault ${VAULT_VERSION} sdk ${SDK_VERSION} build ${BUILD_ID}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds promtool (Prometheus's rules checker and rule unit-test runner) from
-# the Go module proxy into ${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}/promtool,
+# the Go module proxy into ${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}/promtool,
 # for the tests in test/ops that run `promtool check rules` and `promtool test rules`
 # on keyshift's alerting rules (ops/prometheus). Skips the build when that binary is there and
 # its version stamp matches. Prints how long it took.
@@ -23,7 +23,7 @@ PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.316.0}
 # v0.3MM.P -> 3.MM.P
 minor_patch=${PROMETHEUS_MODULE_VERSION#v0.3}
 PROMETHEUS_VERSION="3.$((10#${minor_patch%%.*})).${minor_patch#*.}"
-BIN_DIR=${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}
+BIN_DIR=${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}
 BIN=$BIN_DIR/promtool
 STAMP=$BIN.build # records the module version that built $BIN
 want_stamp="promtool ${PROMETHEUS_MODULE}@${PROMETHEUS_MODULE_VERSION} (Prometheus ${PROMETHEUS_VERSION})"

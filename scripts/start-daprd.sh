@@ -16,7 +16,7 @@
 # start-daprd.sh stop DIR ends it (SIGTERM, then SIGKILL after 10s).
 set -euo pipefail
 
-BIN="${KEYSHIFT_DAPRD_BIN:-${KEYSHIFT_BIN_DIR:-$HOME/.cache/keyshift/bin}/daprd}"
+BIN="${KEYSHIFT_DAPRD_BIN:-${KEYSHIFT_BIN:-$HOME/.cache/keyshift/bin}/daprd}"
 APP_ID=bench COMPONENT=keys KEY=bench-key WRAP=A256KW
 
 usage() { echo "usage: $0 DIR | $0 stop DIR" >&2; exit 2; }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -70,41 +69,14 @@ func TestRevokeUnderTraffic(t *testing.T) {
 	ctl := startController(t, ctx, controller.Config{Kube: kc, Namespace: "shop", XDSAddr: "127.0.0.1:0",
 		KMS: kms.Registry{local.Scheme: local.Open}, KMSPolicy: rotation.KMSPolicy{Allow: map[string][]string{"shop": {"local://"}}},
 		Interval: time.Minute, DecryptFailureSpike: 5, Identity: "e2e", Logger: log})
-	const serverName = "keyshift-controller.keyshift-system.svc"
-	caPEM := xdsCABundle(t, kc, "shop")
-	addr := ctl.XDSAddr()
 
 	// Two injected pods, each with a real sidecar on TLS and its own token.
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pods := newXDSSidecars(t, ctx, kc, ctl, dir, "shop", "payments=payments-keys", "web-1", "web-2")
 	var clients []*client.Client
 	for _, name := range []string{"web-1", "web-2"} {
-		p := makeXDSPod(t, kc, "shop", name, "payments=payments-keys", kube.DefaultXDSAudience)
-		pod, _ := kc.CoreV1().Pods("shop").Get(ctx, name, metav1.GetOptions{})
-		pod.Status.Phase = corev1.PodRunning // no kubelet here
-		if _, err := kc.CoreV1().Pods("shop").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		tok := filepath.Join(dir, name+".token")
-		if err := os.WriteFile(tok, []byte(p.token), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		sctx, scancel := context.WithCancel(ctx)
-		s, err := sidecar.Start(sctx, sidecar.Config{Socket: filepath.Join(dir, name+".sock"), Keysets: map[string]string{"payments": ""},
-			XDSAddr: addr, NodeID: "shop/" + name, XDSCAFile: caFile, XDSServerName: serverName, XDSTokenFile: tok,
+		sock := pods.start(ctx, name, sidecar.Config{Keysets: map[string]string{"payments": ""},
 			KMS: kms.Registry{local.Scheme: local.Open}, Logger: log, UsageInterval: 300 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { scancel(); _ = s.Wait() })
-		select {
-		case <-s.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("sidecar %s not ready over xDS", name)
-		}
-		cl, err := client.Dial(filepath.Join(dir, name+".sock"))
+		cl, err := client.Dial(sock)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -149,44 +149,12 @@ func TestStatusClusterAgainstRealAPIServer(t *testing.T) {
 		KMS: kms.Registry{local.Scheme: local.Open}, KMSPolicy: rotation.KMSPolicy{Allow: map[string][]string{"*": {"local://"}}},
 		Interval: 200 * time.Millisecond, Identity: "e2e", Logger: log})
 	controllerURL := "http://" + ctl.MetricsAddr()
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, xdsCABundle(t, kc, "shop"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 
 	// Two injected pods read payments; web-1 runs a real sidecar on xDS,
 	// web-2's starts later.
-	tokens := map[string]string{}
-	for _, name := range []string{"web-1", "web-2"} {
-		p := makeXDSPod(t, kc, "shop", name, "payments=payments-keys", kube.DefaultXDSAudience)
-		pod, err := kc.CoreV1().Pods("shop").Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pod.Status.Phase = corev1.PodRunning // no kubelet here
-		if _, err := kc.CoreV1().Pods("shop").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		tokens[name] = filepath.Join(dir, name+".token")
-		if err := os.WriteFile(tokens[name], []byte(p.token), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pods := newXDSSidecars(t, ctx, kc, ctl, dir, "shop", "payments=payments-keys", "web-1", "web-2")
 	startSidecar := func(name string) {
-		sctx, scancel := context.WithCancel(ctx)
-		s, err := sidecar.Start(sctx, sidecar.Config{Socket: filepath.Join(dir, name+".sock"), Keysets: map[string]string{"payments": ""},
-			XDSAddr: ctl.XDSAddr(), NodeID: "shop/" + name, XDSCAFile: caFile, XDSServerName: "keyshift-controller.keyshift-system.svc", XDSTokenFile: tokens[name],
-			KMS: kms.Registry{local.Scheme: local.Open}, Logger: log})
-		if err != nil {
-			scancel()
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { scancel(); _ = s.Wait() })
-		select {
-		case <-s.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("sidecar %s not ready over xDS", name)
-		}
+		pods.start(ctx, name, sidecar.Config{Keysets: map[string]string{"payments": ""}, KMS: kms.Registry{local.Scheme: local.Open}, Logger: log})
 	}
 	startSidecar("web-1")
 

@@ -128,6 +128,33 @@ func (e *env) waitReady() {
 }
 
 // keyset reads the current document of name.
+// hideKEK takes the local KMS's KEK file away (the KMS is down) and
+// returns what puts it back.
+func (e *env) hideKEK() (restore func()) {
+	e.t.Helper()
+	hidden := e.kekPath + ".away"
+	if err := os.Rename(e.kekPath, hidden); err != nil {
+		e.t.Fatal(err)
+	}
+	return func() {
+		e.t.Helper()
+		if err := os.Rename(hidden, e.kekPath); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// restartWithoutKMS restarts the sidecar with its KMS down and waits until
+// it says so; the returned function brings the KMS back.
+func (e *env) restartWithoutKMS() (restore func()) {
+	e.t.Helper()
+	e.stop()
+	restore = e.hideKEK()
+	e.start()
+	e.waitFor(func(st KeysetStatus) bool { return strings.Contains(st.LastError, "KEK file does not exist") })
+	return restore
+}
+
 func (e *env) keyset(name string) *keyset.Keyset { return e.keysets.Read(name) }
 
 func (e *env) write(name string, ks *keyset.Keyset) { e.keysets.Write(name, ks) }

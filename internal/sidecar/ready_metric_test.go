@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"os"
 	"strings"
 	"testing"
 )
@@ -11,13 +10,7 @@ import (
 // sidecars that are not ready (ops/prometheus) reads it.
 func TestReadyMetricFollowsReadiness(t *testing.T) {
 	e := newEnv(t, withoutWait())
-	e.stop()
-	hidden := e.kekPath + ".away"
-	if err := os.Rename(e.kekPath, hidden); err != nil {
-		t.Fatal(err)
-	}
-	e.start()
-	e.waitFor(func(st KeysetStatus) bool { return strings.Contains(st.LastError, "KEK file does not exist") })
+	restoreKMS := e.restartWithoutKMS()
 	readyLine := func() string {
 		t.Helper()
 		code, body := httpGet(t, e.metricsURL()+"/metrics")
@@ -35,9 +28,7 @@ func TestReadyMetricFollowsReadiness(t *testing.T) {
 	if got := readyLine(); got != "keyshift_ready 0" {
 		t.Fatalf("not ready: %q, want keyshift_ready 0", got)
 	}
-	if err := os.Rename(hidden, e.kekPath); err != nil {
-		t.Fatal(err)
-	}
+	restoreKMS()
 	e.waitReady()
 	if got := readyLine(); got != "keyshift_ready 1" {
 		t.Fatalf("ready: %q, want keyshift_ready 1", got)

@@ -605,14 +605,8 @@ func mustMarshal(t *testing.T, ks *keyset.Keyset) []byte {
 // stays OK throughout so the pod is not restarted.
 func TestKMSDownAtStartup(t *testing.T) {
 	e := newEnv(t, withoutWait())
-	e.stop()
-	hidden := e.kekPath + ".away"
-	if err := os.Rename(e.kekPath, hidden); err != nil {
-		t.Fatal(err)
-	}
-	e.start()
+	restoreKMS := e.restartWithoutKMS()
 	ctx := ctxT(t)
-	e.waitFor(func(st KeysetStatus) bool { return strings.Contains(st.LastError, "KEK file does not exist") })
 	_, err := e.client.Encrypt(ctx, []byte("x"), nil)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "keyring not loaded") {
 		t.Fatalf("encrypt before ready = %v", err)
@@ -628,9 +622,7 @@ func TestKMSDownAtStartup(t *testing.T) {
 	}
 	failures := `keyshift_keyring_reloads_total{keyset="payments",result="user_induced",source="file"}`
 	waitUntil(t, func() bool { return counterValue(t, e, failures) >= 3 }, "three failed load attempts (retry with backoff)")
-	if err := os.Rename(hidden, e.kekPath); err != nil {
-		t.Fatal(err)
-	}
+	restoreKMS()
 	e.waitReady()
 	if code, _ := httpGet(t, e.metricsURL()+"/readyz"); code != 200 {
 		t.Fatalf("readyz after recovery = %d", code)
@@ -645,9 +637,7 @@ func TestKMSDownAtStartup(t *testing.T) {
 func TestKMSOutageWhileRunning(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
-	if err := os.Rename(e.kekPath, e.kekPath+".away"); err != nil {
-		t.Fatal(err)
-	}
+	e.hideKEK()
 	for i := range 200 {
 		ct, err := e.client.Encrypt(ctx, []byte{byte(i)}, nil)
 		if err != nil {

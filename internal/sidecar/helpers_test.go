@@ -127,7 +127,6 @@ func (e *env) waitReady() {
 	}
 }
 
-// keyset reads the current document of name.
 // hideKEK takes the local KMS's KEK file away (the KMS is down) and
 // returns what puts it back.
 func (e *env) hideKEK() (restore func()) {
@@ -155,6 +154,7 @@ func (e *env) restartWithoutKMS() (restore func()) {
 	return restore
 }
 
+// keyset reads the current document of name.
 func (e *env) keyset(name string) *keyset.Keyset { return e.keysets.Read(name) }
 
 func (e *env) write(name string, ks *keyset.Keyset) { e.keysets.Write(name, ks) }

@@ -52,13 +52,13 @@ type node struct {
 	start      time.Time
 }
 
-// startNode brings the cluster up with scripts/cluster.sh and takes it down
-// when the test ends, failing the test if the host is not as it was.
-// KEYSHIFT_CLUSTER=existing reuses a cluster already up (for iterating).
 // nodeTestNeeds is the least time TestNode starts with: its run, about 11
 // minutes here, with room to spare.
 const nodeTestNeeds = 20 * time.Minute
 
+// startNode brings the cluster up with scripts/cluster.sh and takes it down
+// when the test ends, failing the test if the host is not as it was.
+// KEYSHIFT_CLUSTER=existing reuses a cluster already up (for iterating).
 func startNode(t *testing.T) *node {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -11,11 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/KimMachineGun/automemlimit/memlimit"
-
 	"github.com/keyshift/keyshift/internal/kms/providers"
 	"github.com/keyshift/keyshift/internal/loadtest"
-	"github.com/keyshift/keyshift/internal/sidecar"
 	"github.com/keyshift/keyshift/sidecar/client"
 )
 
@@ -174,27 +171,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-// runBenchFloor serves the load tool's like-for-like floor (the sidecar's
-// own server without the crypto) on the socket path given as its
-// argument, until killed. `keyshift bench` starts it so the floor runs in
-// its own process, as the sidecar does, under the same garbage collector
-// settings.
-func runBenchFloor(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: keyshift bench-floor SOCKET")
-		return errUsage
-	}
-	// The sidecar's collector settings, so the floor differs from the
-	// sidecar only by its handlers.
-	if _, err := sidecar.TuneRuntime(memlimit.FromCgroup); err != nil {
-		fmt.Fprintf(stderr, "keyshift bench-floor: %v (running without a soft memory limit)\n", err)
-	}
-	wait, err := loadtest.ServeFloor(ctx, args[0])
-	if err != nil {
-		return err
-	}
-	wait()
-	return nil
 }

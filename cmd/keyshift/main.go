@@ -36,7 +36,7 @@ func commands() []command {
 		{"audit", "verify the controller's keyed, anchored audit trail", runAudit},
 		{"demo", "run everything on this machine: sidecar, traffic, live rotation", runDemo},
 		{"bench", "load a running sidecar: throughput, latency, errors, RSS/CPU, vs its floor and peers", runBench},
-		{"bench-floor", "serve the bench's like-for-like floor on a socket (started by bench)", runBenchFloor},
+		{"bench-floor", "serve the bench's like-for-like floor on a socket (started by bench)", sidecarcmd.BenchFloor},
 	}
 }
 

@@ -3,7 +3,7 @@
 // gRPC code, the sidecar's memory and CPU from /proc, and a latency
 // timeline across live rotations. In the same run it drives the same load
 // against the like-for-like floor (the sidecar's own server without the
-// crypto, ServeFloor) and against peers (Vault Transit, Dapr's crypto API,
+// crypto, sidecar.ServeFloor) and against peers (Vault Transit, Dapr's crypto API,
 // the envelope in process, an app caching one data key), so every figure is
 // a ratio measured like for like.
 package loadtest
@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/sidecar"
 )
 
 // Mix weighs the operations; Batch > 1 sends batch calls of that many items.
@@ -65,8 +66,9 @@ type Options struct {
 	// Floor also runs the load against the like-for-like floor.
 	Floor bool
 	// FloorCommand starts the floor as its own process, as the sidecar
-	// is: it is run with the socket path appended and must serve
-	// ServeFloor there. Empty serves the floor inside this process.
+	// is, when the sidecar's own binary cannot (floorCommand): it is run
+	// with the socket path appended and must serve sidecar.ServeFloor
+	// there. Empty serves the floor inside this process.
 	FloorCommand []string
 	// Peers also run the same load against these systems.
 	Peers []PeerSpec
@@ -205,7 +207,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}()
 	if o.Floor {
-		t, err := startFloor(ctx, o.FloorCommand)
+		t, err := startFloor(ctx, o.FloorCommand, main.PID)
 		if err != nil {
 			return nil, err
 		}
@@ -650,9 +652,12 @@ func peerPID(socket string) (int32, error) {
 	return ucredPID(c.(*net.UnixConn))
 }
 
-// startFloor serves the floor on a socket of its own, in a child process
-// when cmd is set (as the sidecar is its own process).
-func startFloor(ctx context.Context, cmd []string) (*Target, error) {
+// startFloor serves the floor on a socket of its own: in a child process,
+// as the sidecar is its own process, running the binary of the sidecar
+// at sidecarPID when it can (floorCommand) and fallback when it cannot;
+// inside this process when fallback is empty. The target's description
+// says which.
+func startFloor(ctx context.Context, fallback []string, sidecarPID int32) (*Target, error) {
 	dir, err := os.MkdirTemp("", "ksfloor")
 	if err != nil {
 		return nil, err
@@ -660,9 +665,9 @@ func startFloor(ctx context.Context, cmd []string) (*Target, error) {
 	path := filepath.Join(dir, "floor.sock")
 	describe := "the sidecar's own server (listener, peer check, gRPC options, interceptors) with no crypto behind it"
 	var stop func()
-	if len(cmd) == 0 {
+	if len(fallback) == 0 {
 		fctx, cancel := context.WithCancel(ctx)
-		wait, err := ServeFloor(fctx, path)
+		wait, err := sidecar.ServeFloor(fctx, path)
 		if err != nil {
 			cancel()
 			os.RemoveAll(dir)
@@ -671,19 +676,19 @@ func startFloor(ctx context.Context, cmd []string) (*Target, error) {
 		stop = func() { cancel(); wait() }
 		describe += ", in this process"
 	} else {
-		c := exec.CommandContext(ctx, cmd[0], append(cmd[1:], path)...)
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("loadtest: start the floor: %w", err)
+		cmd, env, why := floorCommand(sidecarPID)
+		if why == nil {
+			if stop, why = spawnFloor(ctx, cmd, env, path); why == nil {
+				describe += ", its own process running the sidecar's binary under the sidecar's Go runtime variables"
+			}
 		}
-		stop = func() { _ = c.Process.Kill(); _ = c.Wait() }
-		if err := waitSocket(path, 10*time.Second); err != nil {
-			stop()
-			os.RemoveAll(dir)
-			return nil, err
+		if why != nil {
+			if stop, err = spawnFloor(ctx, fallback, nil, path); err != nil {
+				os.RemoveAll(dir)
+				return nil, err
+			}
+			describe += fmt.Sprintf(", its own process running %s, not the sidecar's binary (%v)", fallback[0], why)
 		}
-		describe += ", its own process"
 	}
 	t, err := SocketTarget("floor", describe, path, "")
 	if err != nil {
@@ -698,16 +703,32 @@ func startFloor(ctx context.Context, cmd []string) (*Target, error) {
 	return t, nil
 }
 
-// waitSocket waits until something accepts connections at path.
-func waitSocket(path string, timeout time.Duration) error {
-	for deadline := time.Now().Add(timeout); ; {
+// spawnFloor runs cmd with the socket path appended (env nil: this
+// process's) and waits until it serves there; a command that exits first,
+// or serves nothing within 10 s, is an error.
+func spawnFloor(ctx context.Context, cmd, env []string, path string) (stop func(), err error) {
+	c := exec.CommandContext(ctx, cmd[0], append(cmd[1:], path)...)
+	c.Env = env
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		return nil, fmt.Errorf("loadtest: start the floor: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- c.Wait() }()
+	stop = func() { _ = c.Process.Kill(); <-exited }
+	for deadline := time.Now().Add(10 * time.Second); ; {
 		if conn, err := net.Dial("unix", path); err == nil {
 			conn.Close()
-			return nil
+			return stop, nil
+		}
+		select {
+		case err := <-exited:
+			return nil, fmt.Errorf("loadtest: %s exited before serving the floor: %v", cmd[0], err)
+		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("loadtest: nothing listens on %s after %s", path, timeout)
+			stop()
+			return nil, fmt.Errorf("loadtest: %s serves nothing at %s after 10s", cmd[0], path)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

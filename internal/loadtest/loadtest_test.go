@@ -93,13 +93,13 @@ func TestRunAgainstSidecarWithRotations(t *testing.T) {
 	}
 }
 
-// startFloor serves the floor in this process for a test.
+// testFloor serves the floor in this process for a test.
 func testFloor(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "floor.sock")
 	ctx, cancel := context.WithCancel(context.Background())
-	wait, err := ServeFloor(ctx, path)
+	wait, err := sidecar.ServeFloor(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/keyshift/keyshift/internal/keyset"
 	"github.com/keyshift/keyshift/internal/kms"
+	"github.com/keyshift/keyshift/internal/sidecar/floor"
 	"github.com/keyshift/keyshift/internal/socket"
 	"github.com/keyshift/keyshift/internal/xds/usagev1"
 	"github.com/keyshift/keyshift/internal/xds/xdsclient"
@@ -293,6 +294,17 @@ func ServeAPI(ctx context.Context, path string, allowedUIDs []uint32, api v1.Cry
 	stopped := make(chan struct{})
 	go func() { <-ctx.Done(); a.stop(); wg.Wait(); close(stopped) }()
 	return func() { <-stopped }, nil
+}
+
+// ServeFloor serves the load tool's like-for-like floor on a Unix socket
+// at path until ctx ends: ServeAPI with the floor's handlers (the Crypto
+// API without the crypto) and this process's UID as the peer check, the
+// sidecar's default. It is the cost of the sidecar's transport with
+// nothing behind it, so sidecar/floor is what the crypto and bookkeeping
+// cost, per op mix and batch size. Both binaries serve it (`bench-floor`),
+// so the load tool can run the floor from the sidecar's own binary.
+func ServeFloor(ctx context.Context, path string) (wait func(), err error) {
+	return ServeAPI(ctx, path, []uint32{uint32(os.Getuid())}, floor.New(), slog.New(slog.DiscardHandler))
 }
 
 // Run starts the sidecar and blocks until ctx is canceled.

@@ -59,8 +59,12 @@ func ParseUIDs(s string) ([]uint32, error) {
 	return out, nil
 }
 
-// Run parses the sidecar's flags and serves until ctx ends.
-func Run(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+// Run parses the sidecar's flags and serves until ctx ends; with
+// bench-floor first it serves the load tool's floor instead (BenchFloor).
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "bench-floor" {
+		return BenchFloor(ctx, args[1:], stdin, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	keysets := keysetFlags{}
 	fs.Var(keysets, "keyset", "NAME=PATH of a keyset file to serve and follow, or NAME for xDS only (repeat for several)")
@@ -161,6 +165,28 @@ func logRuntime(log *slog.Logger, limit memlimit.Provider) {
 		log.Warn("no soft memory limit", "err", err)
 	}
 	log.Info("go runtime", "gogc", rt.GCPercent, "gogc_from_env", rt.GCFromEnv, "memory_limit_bytes", rt.MemoryLimit, "memory_limit_from", rt.MemoryLimitFrom)
+}
+
+// BenchFloor serves the load tool's like-for-like floor (the sidecar's
+// own server without the crypto, sidecar.ServeFloor) on the socket path
+// given as its argument, until ctx ends. `keyshift bench` starts it as
+// `keyshift-sidecar bench-floor SOCKET` from the sidecar's own binary, so
+// the floor differs from the sidecar only by its handlers: same build,
+// same package state, same collector settings.
+func BenchFloor(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: bench-floor SOCKET")
+		return clikit.ErrUsage
+	}
+	if _, err := sidecar.TuneRuntime(memlimit.FromCgroup); err != nil {
+		fmt.Fprintf(stderr, "bench-floor: %v (running without a soft memory limit)\n", err)
+	}
+	wait, err := sidecar.ServeFloor(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	wait()
+	return nil
 }
 
 func nodeIDFromEnv() string {

@@ -120,11 +120,13 @@ done
 for op in decrypt rewrap; do
   fig "floor-$op-100-each" "keyshift bench --socket \$SOCK --clients 16 --mix $op=1 --batch 100 --seal-each --rounds 6 --duration 3s"
 done
-# Against the peers, unary and batch, same payloads and clients. Encrypt
+# Against the peers, unary and batch, same payloads and clients; two
+# squares for the four-target commands, whose single rounds spread the
+# most (keyshift / floor 0.77-1.00 over four rounds in one run). Encrypt
 # for all three; decrypt without Dapr, whose DecryptAlpha1 fails and then
 # panics under concurrent streams (see the README).
-fig peers-1 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --rounds 4 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
-fig peers-100 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --batch 100 --rounds 4 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
+fig peers-1 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --rounds 8 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
+fig peers-100 'keyshift bench --socket $SOCK --clients 16 --mix encrypt=1 --batch 100 --rounds 8 --duration 3s --peer vault=$VAULT --peer dapr=$DAPR'
 fig peers-decrypt-1 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --rounds 6 --duration 3s --peer vault=$VAULT'
 fig peers-decrypt-100 'keyshift bench --socket $SOCK --clients 16 --mix decrypt=1 --batch 100 --rounds 6 --duration 3s --peer vault=$VAULT'
 # In the app itself: one client, so per-call times add up.

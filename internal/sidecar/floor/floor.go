@@ -49,8 +49,12 @@ func (f *floor) Decrypt(_ context.Context, r *v1.DecryptRequest) (*v1.DecryptRes
 	return &v1.DecryptResponse{Plaintext: f.open(r.GetCiphertext()), Keyset: Keyset, Version: 1}, nil
 }
 
+// Rewrap answers as the sidecar does for a ciphertext already under the
+// primary, which is what the load tool sends: the plaintext is opened
+// (here copied) and dropped, and the ciphertext goes back as it came.
 func (f *floor) Rewrap(_ context.Context, r *v1.RewrapRequest) (*v1.RewrapResponse, error) {
-	return &v1.RewrapResponse{Ciphertext: f.seal(f.open(r.GetCiphertext())), Keyset: Keyset, FromVersion: 1, Version: 1}, nil
+	clear(f.open(r.GetCiphertext()))
+	return &v1.RewrapResponse{Ciphertext: r.GetCiphertext(), Keyset: Keyset, FromVersion: 1, Version: 1}, nil
 }
 
 func (f *floor) EncryptBatch(ctx context.Context, r *v1.EncryptBatchRequest) (*v1.EncryptBatchResponse, error) {

@@ -10,38 +10,18 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/keyshift/keyshift/internal/keyset"
-	"github.com/keyshift/keyshift/internal/kms/local"
-	"github.com/keyshift/keyshift/internal/rotation"
 )
 
-var sidecarBin struct {
-	once sync.Once
-	path string
-	err  error
-	out  []byte
-}
-
-// sidecarBinary builds cmd/keyshift-sidecar once for the package's tests.
+// sidecarBinary builds cmd/keyshift-sidecar into the test's directory.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
-	sidecarBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "ksbin")
-		if err != nil {
-			sidecarBin.err = err
-			return
-		}
-		sidecarBin.path = filepath.Join(dir, "keyshift-sidecar")
-		sidecarBin.out, sidecarBin.err = exec.Command("go", "build", "-o", sidecarBin.path, "github.com/keyshift/keyshift/cmd/keyshift-sidecar").CombinedOutput()
-	})
-	if sidecarBin.err != nil {
-		t.Fatalf("go build ./cmd/keyshift-sidecar: %v\n%s", sidecarBin.err, sidecarBin.out)
+	bin := filepath.Join(t.TempDir(), "keyshift-sidecar")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/keyshift/keyshift/cmd/keyshift-sidecar").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/keyshift-sidecar: %v\n%s", err, out)
 	}
-	return sidecarBin.path
+	return bin
 }
 
 // sidecarProcess runs the built sidecar as a process of its own, with env
@@ -50,15 +30,7 @@ func sidecarBinary(t *testing.T) string {
 func sidecarProcess(t *testing.T, env ...string) (string, *os.Process) {
 	t.Helper()
 	bin := sidecarBinary(t)
-	dir := t.TempDir()
-	kek, ksPath, sock := filepath.Join(dir, "kek.json"), filepath.Join(dir, "ks.json"), filepath.Join(dir, "s.sock")
-	ks, err := rotation.Create(context.Background(), local.New(kek), "bench", "local://"+kek, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := keyset.WriteFile(ksPath, ks); err != nil {
-		t.Fatal(err)
-	}
+	sock, ksPath, _ := testKeyset(t)
 	c := exec.Command(bin, "--socket", sock, "--keyset", "bench="+ksPath, "--metrics-addr", "", "--log-level", "warn")
 	c.Env = append(os.Environ(), env...)
 	c.Stderr = os.Stderr
@@ -132,7 +104,8 @@ func TestFloorFallsBack(t *testing.T) {
 	if err := servesFloor(os.Args[0]); err == nil || !strings.Contains(err.Error(), "loadtest.test, not keyshift's") {
 		t.Fatalf("a Go binary that is not keyshift's: %v", err)
 	}
-	if err := servesFloor(sidecarBinary(t)); err != nil {
+	bin := sidecarBinary(t)
+	if err := servesFloor(bin); err != nil {
 		t.Fatalf("keyshift-sidecar: %v", err)
 	}
 	path := filepath.Join(t.TempDir(), "f.sock")
@@ -143,7 +116,7 @@ func TestFloorFallsBack(t *testing.T) {
 	sock, _, _, _ := testSidecar(t)
 	rep, err := Run(context.Background(), Options{
 		Socket: sock, Clients: 2, Count: 100, Mix: Mix{Encrypt: 1},
-		Floor: true, FloorCommand: []string{sidecarBinary(t), "bench-floor"},
+		Floor: true, FloorCommand: []string{bin, "bench-floor"},
 	})
 	if err != nil {
 		t.Fatal(err)

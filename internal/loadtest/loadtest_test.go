@@ -28,6 +28,23 @@ import (
 // and returns its socket, the keyset file, the KEK's URI and the registry.
 func testSidecar(t *testing.T) (sock, ksPath, kekURI string, reg kms.Registry) {
 	t.Helper()
+	sock, ksPath, kekURI = testKeyset(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	reg = kms.Registry{local.Scheme: local.Open}
+	srv, err := sidecar.Start(ctx, sidecar.Config{Socket: sock, Keysets: map[string]string{"bench": ksPath}, KMS: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); srv.Wait() })
+	<-srv.Ready()
+	return sock, ksPath, kekURI, reg
+}
+
+// testKeyset writes a keyset "bench" under a local file KEK in a fresh
+// directory and returns a socket path beside it, the keyset file and the
+// KEK's URI.
+func testKeyset(t *testing.T) (sock, ksPath, kekURI string) {
+	t.Helper()
 	dir := t.TempDir()
 	kek := filepath.Join(dir, "kek.json")
 	ksPath, sock, kekURI = filepath.Join(dir, "ks.json"), filepath.Join(dir, "s.sock"), "local://"+kek
@@ -38,15 +55,7 @@ func testSidecar(t *testing.T) (sock, ksPath, kekURI string, reg kms.Registry) {
 	if err := keyset.WriteFile(ksPath, ks); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	reg = kms.Registry{local.Scheme: local.Open}
-	srv, err := sidecar.Start(ctx, sidecar.Config{Socket: sock, Keysets: map[string]string{"bench": ksPath}, KMS: reg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); srv.Wait() })
-	<-srv.Ready()
-	return sock, ksPath, kekURI, reg
+	return sock, ksPath, kekURI
 }
 
 // A real sidecar under load with rotations every 150 ms and a mixed,

@@ -2,8 +2,6 @@ package loadtest
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,23 +36,10 @@ func sidecarProcess(t *testing.T, env ...string) (string, *os.Process) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
-	if err := waitSocket(sock, 10*time.Second); err != nil {
+	if err := waitServing(sock, 10*time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
 	return sock, c.Process
-}
-
-// waitSocket waits until something accepts connections at path.
-func waitSocket(path string, timeout time.Duration) error {
-	for deadline := time.Now().Add(timeout); ; {
-		if c, err := net.Dial("unix", path); err == nil {
-			return c.Close()
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("nothing listens on %s after %s", path, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // The floor runs the sidecar's own binary under the sidecar's Go runtime

@@ -716,19 +716,32 @@ func spawnFloor(ctx context.Context, cmd, env []string, path string) (stop func(
 	exited := make(chan error, 1)
 	go func() { exited <- c.Wait() }()
 	stop = func() { _ = c.Process.Kill(); <-exited }
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	if err := waitServing(path, 10*time.Second, exited); err != nil {
+		if !errors.Is(err, errExited) {
+			stop()
+		}
+		return nil, fmt.Errorf("loadtest: %s: %w", cmd[0], err)
+	}
+	return stop, nil
+}
+
+// errExited: the process that was to serve exited first.
+var errExited = errors.New("exited before serving the floor")
+
+// waitServing waits until something accepts connections at path, for at
+// most timeout, or until exited (nil: no process to watch) delivers.
+func waitServing(path string, timeout time.Duration, exited <-chan error) error {
+	for deadline := time.Now().Add(timeout); ; {
 		if conn, err := net.Dial("unix", path); err == nil {
-			conn.Close()
-			return stop, nil
+			return conn.Close()
 		}
 		select {
 		case err := <-exited:
-			return nil, fmt.Errorf("loadtest: %s exited before serving the floor: %v", cmd[0], err)
+			return fmt.Errorf("%w: %v", errExited, err)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("loadtest: %s serves nothing at %s after 10s", cmd[0], path)
+			return fmt.Errorf("nothing serves at %s after %s", path, timeout)
 		}
 	}
 }
